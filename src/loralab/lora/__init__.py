@@ -1,0 +1,33 @@
+"""LoRA from scratch: the layer, its injection into models, and PEFT-compatible adapter files."""
+
+from loralab.lora.config import LoRAConfig
+from loralab.lora.inject import (
+    apply_lora,
+    count_parameters,
+    find_target_modules,
+    linear_module_names,
+    lora_layers,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    unmerge_lora,
+)
+from loralab.lora.io import load_adapter, read_adapter_config, save_adapter
+from loralab.lora.layer import LoRALinear
+
+__all__ = [
+    "LoRAConfig",
+    "LoRALinear",
+    "apply_lora",
+    "count_parameters",
+    "find_target_modules",
+    "linear_module_names",
+    "load_adapter",
+    "lora_layers",
+    "lora_state_dict",
+    "mark_only_lora_as_trainable",
+    "merge_lora",
+    "read_adapter_config",
+    "save_adapter",
+    "unmerge_lora",
+]

@@ -1,0 +1,193 @@
+"""Put LoRALinear layers into a model by name, freeze the rest, and read the trainable state back out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from loralab.errors import UserError
+from loralab.lora.config import LoRAConfig
+from loralab.lora.layer import LoRALinear, is_linear, linear_shape
+
+ALL_LINEAR = "all-linear"
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Full names of every nn.Linear / Conv1D in the model that is not already wrapped."""
+    return [name for name, module in model.named_modules() if is_linear(module) and not _inside_lora(name)]
+
+
+def _inside_lora(name: str) -> bool:
+    return name.endswith(".base_layer") or name == "base_layer"
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return {name for name, module in model.named_modules() if head is not None and module is head}
+
+
+def _describe_linear_names(model: nn.Module) -> str:
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in linear_module_names(model)})
+    return ", ".join(leaves) if leaves else "(none)"
+
+
+def _matches_suffix(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def find_target_modules(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Names of the linear layers that `config.target_modules` selects; UserError if a target matches none."""
+    linear = linear_module_names(model)
+    excluded = set(config.modules_to_save)
+    targets = config.target_modules
+    if targets == ALL_LINEAR:
+        heads = _output_head_names(model)
+        chosen = [n for n in linear if n not in heads and not any(_matches_suffix(n, m) for m in excluded)]
+    elif isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as exc:
+            raise UserError(f"target_modules regex {targets!r} is invalid ({exc}); fix the pattern") from None
+        chosen = [n for n in linear if pattern.fullmatch(n)]
+        if not chosen:
+            raise UserError(
+                f"target_modules regex {targets!r} matches no linear layer; "
+                f"this model's linear layers are named: {_describe_linear_names(model)}"
+            )
+    else:
+        chosen = []
+        all_names = {name for name, _ in model.named_modules()}
+        for target in targets:
+            hits = [n for n in linear if _matches_suffix(n, target)]
+            if not hits:
+                what = (
+                    "is not a linear layer"
+                    if any(_matches_suffix(n, target) for n in all_names)
+                    else ("matches no module")
+                )
+                raise UserError(
+                    f"target module {target!r} {what}; "
+                    f"this model's linear layers are named: {_describe_linear_names(model)}"
+                )
+            chosen.extend(hits)
+        chosen = [n for n in linear if n in set(chosen)]  # model order, no duplicates
+    if not chosen:
+        raise UserError(
+            f"no linear layer to adapt; this model's linear layers are: {_describe_linear_names(model)}"
+        )
+    return chosen
+
+
+def _qkv_row_ranges(name: str, module: nn.Module, parts: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Row ranges of the chosen q/k/v parts in a fused projection whose output is three equal blocks."""
+    d_in, d_out = linear_shape(module)
+    if d_out % 3 != 0:
+        raise UserError(
+            f"qkv_parts needs fused q,k,v layers with three equal output blocks, but {name} has "
+            f"{d_out} outputs; target only fused layers (e.g. c_attn) or drop qkv_parts"
+        )
+    block = d_out // 3
+    return [("qkv".index(p) * block, ("qkv".index(p) + 1) * block) for p in sorted(parts, key="qkv".index)]
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Wrap the selected layers in LoRALinear (in place), freeze everything else, and return the model.
+
+    What trains afterwards: every lora_A / lora_B, the biases that `config.bias` names, and the parameters of
+    `config.modules_to_save`. The config is kept on the model as `model.lora_config` for saving.
+    """
+    if getattr(model, "lora_config", None) is not None:
+        raise UserError(
+            "this model already has LoRA layers; load a fresh base model before applying LoRA again"
+        )
+    names = find_target_modules(model, config)
+    for name in names:
+        base = model.get_submodule(name)
+        parts = _qkv_row_ranges(name, base, config.qkv_parts) if config.qkv_parts else None
+        layer = LoRALinear(
+            base, config.r, config.alpha, config.dropout, config.init, config.use_rslora, parts
+        )
+        layer.train(model.training)
+        _set_submodule(model, name, layer)
+    model.lora_config = config
+    model.lora_target_names = names
+    mark_only_lora_as_trainable(model, config.bias)
+    for name in _modules_to_save(model, config.modules_to_save):
+        for param in model.get_submodule(name).parameters():
+            param.requires_grad_(True)
+    return model
+
+
+def _modules_to_save(model: nn.Module, wanted: tuple[str, ...]) -> list[str]:
+    found = []
+    for target in wanted:
+        hits = [n for n, _ in model.named_modules() if n and _matches_suffix(n, target)]
+        if not hits:
+            raise UserError(
+                f"modules_to_save entry {target!r} matches no module in the model; check the name"
+            )
+        found.extend(hits)
+    return found
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """(name, layer) for every LoRALinear in the model."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
+    """Freeze every parameter except lora_A / lora_B and, per `bias`, "all" biases or those of LoRA layers."""
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_A" in name.rsplit(".", 1)[-1] or "lora_B" in name.rsplit(".", 1)[-1])
+    if bias == "all":
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.requires_grad_(True)
+    elif bias == "lora_only":
+        for _, layer in lora_layers(model):
+            if getattr(layer.base_layer, "bias", None) is not None:
+                layer.base_layer.bias.requires_grad_(True)
+    elif bias != "none":
+        raise UserError(f"bias must be none, all or lora_only, got {bias!r}")
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every LoRA update into its frozen weight (idempotent)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Take every merged LoRA update back out of its weight (idempotent)."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+
+
+def lora_state_dict(model: nn.Module) -> dict:
+    """The parameters that LoRA training changes: every trainable tensor plus all lora_A / lora_B, by name."""
+    return {
+        name: param.detach()
+        for name, param in model.named_parameters()
+        if param.requires_grad or name.endswith(("lora_A", "lora_B"))
+    }
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared (tied) tensors count once."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total

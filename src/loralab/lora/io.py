@@ -1,0 +1,213 @@
+"""Adapter folders in the peft library's LoRA layout, so peft and loralab can load each other's adapters.
+
+    adapter_config.json          peft's LoraConfig fields (peft_type "LORA", r, lora_alpha, target_modules, ...)
+    adapter_model.safetensors    base_model.model.<module>.lora_A.weight (r×d_in), ...lora_B.weight (d_out×r),
+                                 base_model.model.<module>.bias (trained biases),
+                                 base_model.model.<module>.<param> (modules_to_save)
+    loralab.json                 loralab's own LoRAConfig (peft ignores this file)
+
+A fused-qkv subset (qkv_parts) is stored the way peft can read it: A = [A_q; A_v], B = the d_out×2r block
+matrix, with rank_pattern / alpha_pattern so that peft's alpha'/r' equals our alpha/r. Tensors only; no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from loralab.errors import UserError
+from loralab.lora.config import LoRAConfig
+from loralab.lora.inject import apply_lora, linear_module_names, lora_layers
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+LORALAB_FILE = "loralab.json"
+PREFIX = "base_model.model."
+
+
+def _peft_target_modules(model: nn.Module, adapted: list[str]) -> list[str] | str:
+    """The adapted set as peft will match it: leaf names when they select exactly that set, else a regex."""
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in adapted})
+    selected = [n for n in linear_module_names(model) if n.rsplit(".", 1)[-1] in leaves]
+    if sorted(selected) == sorted(adapted):
+        return leaves
+    return "^(" + "|".join(re.escape(n) for n in adapted) + ")$"
+
+
+def _task_type(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if getattr(config, "is_encoder_decoder", False):
+        return "SEQ_2_SEQ_LM"
+    if type(model).__name__.endswith("ForCausalLM") or type(model).__name__.endswith("LMHeadModel"):
+        return "CAUSAL_LM"
+    return None
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under peft's key names (contiguous CPU copies)."""
+    config: LoRAConfig = model.lora_config
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in lora_layers(model):
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.full_B().detach()
+    if config.bias != "none":  # peft's names: a LoRA layer's own bias stays under base_layer
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and param.requires_grad:
+                tensors[PREFIX + name] = param.detach()
+    for target in config.modules_to_save:
+        for module_name, module in model.named_modules():
+            if module_name == target or module_name.endswith("." + target):
+                for param_name, param in module.named_parameters():
+                    tensors[f"{PREFIX}{module_name}.{param_name}"] = param.detach()
+    return {key: value.to("cpu").contiguous().clone() for key, value in tensors.items()}
+
+
+def peft_config_dict(model: nn.Module, base_model_name: str | None = None) -> dict:
+    """adapter_config.json contents in peft's LoraConfig vocabulary."""
+    config: LoRAConfig = model.lora_config
+    rank_pattern, alpha_pattern = {}, {}
+    for name, layer in lora_layers(model):
+        if layer.parts:
+            k = len(layer.parts)
+            rank_pattern[name] = k * config.r
+            # peft scales by alpha'/r' (or alpha'/sqrt(r')); pick alpha' so the scale equals ours.
+            alpha_pattern[name] = config.alpha * (k**0.5 if config.use_rslora else k)
+    fan_in_fan_out = any(layer.fan_in_fan_out for _, layer in lora_layers(model))
+    return {
+        "peft_type": "LORA",
+        "task_type": _task_type(model),
+        "base_model_name_or_path": base_model_name,
+        "r": config.r,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": _peft_target_modules(model, list(model.lora_target_names)),
+        "bias": config.bias,
+        "use_rslora": config.use_rslora,
+        "modules_to_save": list(config.modules_to_save) or None,
+        "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
+        "fan_in_fan_out": fan_in_fan_out,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "inference_mode": True,
+        "use_dora": False,
+    }
+
+
+def _write_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name: str | None = None) -> Path:
+    """Write the adapter folder (each file written to a temp name, then renamed into place)."""
+    if getattr(model, "lora_config", None) is None:
+        raise UserError("the model has no LoRA layers to save; call apply_lora first")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = adapter_tensors(model)
+    _write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    peft_json = json.dumps(peft_config_dict(model, base_model_name), indent=2)
+    _write_atomically(directory / CONFIG_FILE, lambda p: Path(p).write_text(peft_json))
+    ours = json.dumps({"lora_config": model.lora_config.to_dict()}, indent=2)
+    _write_atomically(directory / LORALAB_FILE, lambda p: Path(p).write_text(ours))
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
+    """The LoRAConfig of an adapter folder, from loralab.json or else from peft's adapter_config.json."""
+    directory = Path(directory)
+    ours = directory / LORALAB_FILE
+    if ours.is_file():
+        return LoRAConfig(**json.loads(ours.read_text())["lora_config"])
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{directory} is not an adapter folder (no {CONFIG_FILE}); pass the folder save_adapter wrote"
+        )
+    peft = json.loads(path.read_text())
+    if peft.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{path} holds a {peft.get('peft_type')} adapter; loralab loads LoRA adapters only")
+    if peft.get("use_dora"):
+        raise UserError(f"{path} is a DoRA adapter; loralab loads plain LoRA adapters")
+    if peft.get("rank_pattern") or peft.get("alpha_pattern"):
+        raise UserError(
+            f"{path} uses per-module ranks (rank_pattern); loralab needs one rank for all modules"
+        )
+    init = peft.get("init_lora_weights", True)
+    return LoRAConfig(
+        r=int(peft["r"]),
+        alpha=float(peft["lora_alpha"]),
+        dropout=float(peft.get("lora_dropout") or 0.0),
+        target_modules=peft["target_modules"],
+        bias=peft.get("bias", "none"),
+        init="gaussian" if init == "gaussian" else "kaiming",
+        use_rslora=bool(peft.get("use_rslora", False)),
+        modules_to_save=tuple(peft.get("modules_to_save") or ()),
+    )
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Apply the saved config to a fresh base model and load the adapter weights into it (in place)."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{directory} has no {WEIGHTS_FILE}; pass the folder save_adapter wrote")
+    config = read_adapter_config(directory)
+    apply_lora(model, config)
+    saved = load_file(str(weights))
+    expected = adapter_tensors(model)
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        raise UserError(
+            f"adapter {directory} lacks {len(missing)} tensors (first: {missing[0]}); wrong base model?"
+        )
+    layers = dict(lora_layers(model))
+    with torch.no_grad():
+        for key in expected:
+            value = saved[key]
+            if value.shape != expected[key].shape:
+                raise UserError(
+                    f"adapter tensor {key} has shape {tuple(value.shape)} but the model needs "
+                    f"{tuple(expected[key].shape)}; was the adapter trained on another base model?"
+                )
+            _load_tensor(model, key[len(PREFIX) :], value, layers)
+    return model
+
+
+def _load_tensor(model: nn.Module, name: str, value: torch.Tensor, layers: dict) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    if leaf == "weight" and module_name.endswith((".lora_A", ".lora_B")):
+        layer_name, _, which = module_name.rpartition(".")
+        layer = layers[layer_name]
+        if which == "lora_A":
+            layer.lora_A.copy_(value)
+        else:
+            layer.lora_B.copy_(_compact_B(layer, value))
+        return
+    model.get_parameter(name).copy_(value)
+
+
+def _compact_B(layer, full: torch.Tensor) -> torch.Tensor:
+    """Undo LoRALinear.full_B: pick each part's B_i out of the block matrix."""
+    if layer.parts is None:
+        return full
+    blocks = [
+        full[start:stop, i * layer.r : (i + 1) * layer.r] for i, (start, stop) in enumerate(layer.parts)
+    ]
+    return torch.cat(blocks, dim=0)

@@ -1,0 +1,173 @@
+"""LoRALinear: a frozen linear layer plus a trainable low-rank update (Hu et al. 2021, eq. 3).
+
+    h = W0·x + (alpha/r)·B·A·dropout(x)        A: r×d_in (random), B: d_out×r (zero), so ΔW = 0 at start
+
+The layer wraps the original module (kept as `base_layer`) and works for `nn.Linear` (weight d_out×d_in) and
+transformers' GPT-2 `Conv1D` (weight d_in×d_out, y = x·W + b). For a fused projection such as GPT-2's `c_attn`
+(q, k and v in one matrix) it can adapt only some row blocks ("parts"): each part i gets its own A_i, B_i, and
+ΔW holds B_i·A_i in the rows of part i and zeros elsewhere.
+
+`merge()` folds scaling·B·A into W0 so evaluation costs nothing extra; `unmerge()` takes it out again.
+`eval()` merges and `train()` un-merges (nn.Module.eval() calls train(False), so both go through `train`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for the layer types LoRA can wrap."""
+    return isinstance(module, nn.Linear | Conv1D)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of an nn.Linear or a Conv1D."""
+    if isinstance(module, Conv1D):
+        d_in, d_out = module.weight.shape
+    else:
+        d_out, d_in = module.weight.shape
+    return d_in, d_out
+
+
+class LoRALinear(nn.Module):
+    """A frozen `base_layer` plus scaling·B·A, optionally only on row blocks `parts` of a fused projection.
+
+    parts: None (adapt all d_out rows) or a list of (start, stop) row ranges, one (A_i, B_i) pair each.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        use_rslora: bool = False,
+        parts: list[tuple[int, int]] | None = None,
+    ) -> None:
+        super().__init__()
+        if not is_linear(base_layer):
+            raise TypeError(f"LoRALinear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
+        self.d_in, self.d_out = linear_shape(base_layer)
+        self.r = r
+        self.alpha = alpha
+        self.scaling = alpha / (math.sqrt(r) if use_rslora else r)
+        self.parts = [tuple(p) for p in parts] if parts is not None else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        n_parts = len(self.parts) if self.parts else 1
+        rows = sum(stop - start for start, stop in self.parts) if self.parts else self.d_out
+        weight = base_layer.weight
+        # Stacked per part: A = [A_1; A_2; ...] (n_parts·r × d_in), B = [B_1; B_2; ...] (rows × r).
+        self.lora_A = nn.Parameter(
+            torch.empty(n_parts * r, self.d_in, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(torch.zeros(rows, r, dtype=weight.dtype, device=weight.device))
+        self.reset_lora_parameters(init)
+        self.merged = False
+        self._merged_AB: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._merged_versions = (-1, -1)
+
+    def reset_lora_parameters(self, init: str = "kaiming") -> None:
+        """A random, B = 0 (so the adapted model starts equal to the base model)."""
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        elif init == "gaussian":
+            nn.init.normal_(self.lora_A, std=1.0 / self.r)
+        else:
+            raise ValueError(f"unknown init {init!r}")
+        nn.init.zeros_(self.lora_B)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen base weight (some model code reads `layer.weight.dtype`)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+    def full_B(self, B: torch.Tensor | None = None) -> torch.Tensor:
+        """B as one d_out × (n_parts·r) matrix: B_i in the rows of part i and columns of A_i, zeros elsewhere.
+
+        Without parts this is just B. With parts, B_full·A equals ΔW of the fused matrix, which is also the
+        layout the peft library stores.
+        """
+        B = self.lora_B if B is None else B
+        if self.parts is None:
+            return B
+        full = B.new_zeros(self.d_out, len(self.parts) * self.r)
+        offset = 0
+        for i, (start, stop) in enumerate(self.parts):
+            rows = stop - start
+            full[start:stop, i * self.r : (i + 1) * self.r] = B[offset : offset + rows]
+            offset += rows
+        return full
+
+    def delta_weight(self, A: torch.Tensor | None = None, B: torch.Tensor | None = None) -> torch.Tensor:
+        """scaling·B·A in the layout of the base weight (transposed for Conv1D); A, B default to the layer's."""
+        A = self.lora_A if A is None else A
+        delta = (self.full_B(B) @ A) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged and self._merged_is_stale():
+            self.unmerge()
+        if not self.training and not self.merged and not self._needs_lora_grad():
+            self.merge()
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        lora_in = self.dropout(x.to(self.lora_A.dtype))
+        update = F.linear(F.linear(lora_in, self.lora_A), self.full_B()) * self.scaling
+        return result + update.to(result.dtype)
+
+    def _needs_lora_grad(self) -> bool:
+        return torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad)
+
+    def _merged_is_stale(self) -> bool:
+        """True when A or B changed in place since the merge, or gradients must reach them."""
+        versions = (self.lora_A._version, self.lora_B._version)
+        return versions != self._merged_versions or self._needs_lora_grad()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 ← W0 + scaling·B·A. A second call does nothing.
+
+        A copy of A and B (small) is kept so that `unmerge` subtracts exactly what was added, even if the
+        weights were edited in between (a later forward notices the edit and re-merges).
+        """
+        if not self.merged:
+            self.base_layer.weight.data += self.delta_weight().to(self.base_layer.weight.dtype)
+            self._merged_AB = (self.lora_A.detach().clone(), self.lora_B.detach().clone())
+            self._merged_versions = (self.lora_A._version, self.lora_B._version)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W0 ← W0 − scaling·B·A (with the A, B that were merged). Does nothing when not merged."""
+        if self.merged:
+            delta = self.delta_weight(*self._merged_AB)
+            self.base_layer.weight.data -= delta.to(self.base_layer.weight.dtype)
+            self._merged_AB = None
+            self.merged = False
+
+    def train(self, mode: bool = True) -> LoRALinear:
+        """train() un-merges; eval() merges (nn.Module.eval() calls train(False))."""
+        super().train(mode)
+        if mode:
+            self.unmerge()
+        else:
+            self.merge()
+        return self
+
+    def extra_repr(self) -> str:
+        parts = f", parts={self.parts}" if self.parts else ""
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}{parts}"

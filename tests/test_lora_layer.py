@@ -1,0 +1,157 @@
+"""LoRALinear on its own: the math of Hu et al. 2021 for nn.Linear, GPT-2 Conv1D and fused-qkv parts."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from loralab import LoRALinear
+
+
+def make_base(kind: str, d_in: int, d_out: int) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
+    layer = Conv1D(d_out, d_in)
+    nn.init.normal_(layer.weight, std=0.2)
+    nn.init.normal_(layer.bias, std=0.2)
+    return layer
+
+
+def randomize_B(layer: LoRALinear) -> None:
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_zero_B_gives_base_output(kind):
+    base = make_base(kind, 12, 18)
+    x = torch.randn(3, 5, 12)
+    expected = base(x)
+    layer = LoRALinear(base, r=4, alpha=8)
+    assert torch.equal(layer(x), expected)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_forward_is_W0x_plus_scaled_BAx(kind):
+    base = make_base(kind, 12, 18)
+    layer = LoRALinear(base, r=4, alpha=8)
+    randomize_B(layer)
+    x = torch.randn(3, 12)
+    W0 = base.weight.T if kind == "conv1d" else base.weight  # d_out x d_in
+    expected = x @ W0.T + base.bias + (8 / 4) * (x @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("parts", [None, [(0, 6), (12, 18)], [(6, 12)]])
+def test_merged_equals_unmerged(kind, parts):
+    base = make_base(kind, 12, 18)
+    layer = LoRALinear(base, r=3, alpha=5, parts=parts)
+    randomize_B(layer)
+    x = torch.randn(4, 12)
+    unmerged = layer(x)
+    weight_before = base.weight.clone()
+    layer.merge()
+    assert layer.merged
+    assert not torch.equal(base.weight, weight_before)
+    assert (layer(x) - unmerged).abs().max().item() <= 1e-5
+    layer.merge()  # never merge twice
+    assert (layer(x) - unmerged).abs().max().item() <= 1e-5
+    layer.unmerge()
+    assert (base.weight - weight_before).abs().max().item() <= 1e-6
+    layer.unmerge()
+    assert (base.weight - weight_before).abs().max().item() <= 1e-6
+
+
+def test_eval_merges_and_train_unmerges():
+    layer = LoRALinear(make_base("linear", 8, 8), r=2, alpha=4)
+    randomize_B(layer)
+    model = nn.Sequential(layer)
+    model.eval()
+    assert layer.merged
+    model.eval()
+    assert layer.merged
+    model.train()
+    assert not layer.merged
+
+
+def test_fused_parts_only_change_their_rows():
+    base = make_base("conv1d", 12, 18)  # like GPT-2 c_attn: q, k, v blocks of 6 rows
+    x = torch.randn(4, 12)
+    before = base(x)
+    layer = LoRALinear(base, r=2, alpha=4, parts=[(0, 6), (12, 18)])
+    randomize_B(layer)
+    after = layer(x)
+    assert torch.equal(after[:, 6:12], before[:, 6:12])
+    assert not torch.allclose(after[:, :6], before[:, :6])
+    assert not torch.allclose(after[:, 12:], before[:, 12:])
+
+
+@pytest.mark.parametrize("parts,expected", [(None, 3 * (12 + 18)), ([(0, 6), (12, 18)], 2 * 3 * (12 + 6))])
+def test_parameter_count_is_r_times_din_plus_dout_per_matrix(parts, expected):
+    layer = LoRALinear(make_base("linear", 12, 18), r=3, alpha=3, parts=parts)
+    assert layer.lora_A.numel() + layer.lora_B.numel() == expected
+
+
+def test_rslora_and_init_modes():
+    layer = LoRALinear(make_base("linear", 64, 64), r=16, alpha=8, use_rslora=True, init="gaussian")
+    assert layer.scaling == pytest.approx(8 / 4)
+    assert layer.lora_A.std().item() == pytest.approx(1 / 16, rel=0.15)
+    kaiming = LoRALinear(make_base("linear", 64, 64), r=16, alpha=8)
+    bound = 1 / 64**0.5  # kaiming-uniform with a=sqrt(5) is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert kaiming.lora_A.abs().max().item() <= bound
+    assert kaiming.scaling == 0.5
+    assert torch.count_nonzero(kaiming.lora_B) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    d_in=st.integers(1, 24),
+    block=st.integers(1, 8),
+    r=st.integers(1, 6),
+    alpha=st.floats(0.5, 64),
+    conv=st.booleans(),
+    rslora=st.booleans(),
+    parts=st.sampled_from([None, "q", "v", "qv", "kv", "qkv"]),
+)
+def test_merge_roundtrip_property(d_in, block, r, alpha, conv, rslora, parts):
+    base = make_base("conv1d" if conv else "linear", d_in, 3 * block)
+    ranges = (
+        None if parts is None else [("qkv".index(p) * block, ("qkv".index(p) + 1) * block) for p in parts]
+    )
+    layer = LoRALinear(base, r=r, alpha=alpha, use_rslora=rslora, parts=ranges)
+    randomize_B(layer)
+    x = torch.randn(5, d_in)
+    unmerged = layer(x)
+    layer.merge()
+    merged = layer(x)
+    scale = 1 + unmerged.abs().max().item()
+    assert (merged - unmerged).abs().max().item() <= 1e-5 * scale
+
+
+def test_editing_weights_while_merged_is_noticed():
+    base = make_base("linear", 8, 10)
+    original = base.weight.clone()
+    layer = LoRALinear(base, r=2, alpha=4)
+    layer.eval()  # merged with B = 0
+    assert layer.merged
+    with torch.no_grad():
+        layer.lora_B.normal_()  # e.g. load_adapter into a model in eval mode
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        got = layer(x)
+    expected = x @ (original + layer.delta_weight()).T + base.bias
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    layer.train()
+    assert (base.weight - original).abs().max().item() <= 1e-6
+
+
+def test_eval_mode_forward_with_grad_still_trains_lora():
+    layer = LoRALinear(make_base("linear", 8, 10), r=2, alpha=4)
+    randomize_B(layer)
+    layer.eval()
+    layer(torch.randn(3, 8)).sum().backward()
+    assert layer.lora_A.grad is not None and layer.lora_B.grad is not None
