@@ -12,7 +12,7 @@ from loralab.lora.inject import (
     merge_lora,
     unmerge_lora,
 )
-from loralab.lora.io import load_adapter, read_adapter_config, save_adapter
+from loralab.lora.io import load_adapter, load_adapter_weights, read_adapter_config, save_adapter
 from loralab.lora.layer import LoRALinear
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "find_target_modules",
     "linear_module_names",
     "load_adapter",
+    "load_adapter_weights",
     "lora_layers",
     "lora_state_dict",
     "mark_only_lora_as_trainable",

@@ -165,12 +165,16 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Apply the saved config to a fresh base model and load the adapter weights into it (in place)."""
     directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
+    if not (directory / WEIGHTS_FILE).is_file():
         raise UserError(f"{directory} has no {WEIGHTS_FILE}; pass the folder save_adapter wrote")
-    config = read_adapter_config(directory)
-    apply_lora(model, config)
-    saved = load_file(str(weights))
+    apply_lora(model, read_adapter_config(directory))
+    return load_adapter_weights(model, directory)
+
+
+def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Copy an adapter folder's tensors into a model that already has the same LoRA layers."""
+    directory = Path(directory)
+    saved = load_file(str(directory / WEIGHTS_FILE))
     expected = adapter_tensors(model)
     missing = sorted(set(expected) - set(saved))
     if missing:

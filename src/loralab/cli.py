@@ -1,0 +1,163 @@
+"""Command line: loralab train | eval | generate.
+
+Bad input ends with one line on stderr ("loralab: error: ...") and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from loralab.config import RunConfig, config_from_dict, describe_options, load_config
+from loralab.errors import UserError
+
+TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
+
+keys and defaults:
+{options}
+
+examples:
+  loralab train configs/rotten_tomatoes_lora.toml
+  loralab train configs/rotten_tomatoes_lora.toml --rank=16 --lr=5e-4 --out_dir=runs/r16
+  loralab train configs/rotten_tomatoes_lora.toml --resume        (continue the run in out_dir)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loralab", description="Fine-tune language models with LoRA.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a model (LoRA) and evaluate it",
+        description=TRAIN_HELP.format(options=describe_options()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("config", help="TOML config file (see configs/)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace a finished or partial run in out_dir"
+    )
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a trained run (or a base model zero-shot) on the test split",
+        description="Evaluate RUN_DIR's best adapter, or with --model a base model zero-shot, on the task's "
+        "test split. Extra --key=value overrides (e.g. --max_test_samples=200, --device=cpu) apply.",
+    )
+    evaluate.add_argument("run_dir", nargs="?", help="a folder written by `loralab train`")
+    evaluate.add_argument(
+        "--model", help="zero-shot: a bundled name, hub id or local folder instead of a run"
+    )
+
+    generate = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained run or a base model",
+        description="Generate a continuation of --prompt (used as given, not put into the template). "
+        "Overrides such as --max_new_tokens=40 --temperature=0.8 --top_k=50 apply.",
+    )
+    generate.add_argument("run_dir", nargs="?", help="a folder written by `loralab train`")
+    generate.add_argument("--model", help="a bundled name, hub id or local folder instead of a run")
+    generate.add_argument("--prompt", required=True, help="the text to continue")
+    return parser
+
+
+def _run_config(
+    run_dir: str | None, model: str | None, overrides: list[str]
+) -> tuple[RunConfig, Path | None]:
+    """Config of a run folder (plus overrides), or a default config for a bare --model."""
+    if bool(run_dir) == bool(model):
+        raise UserError("give either RUN_DIR or --model NAME (not both, not neither)")
+    if model:
+        return load_config(None, [*overrides, f"--model={model}"]), None
+    run = Path(run_dir)
+    saved = run / "config.json"
+    if not saved.is_file():
+        raise UserError(
+            f"{run} is not a loralab run folder (no config.json); pass the out_dir of a training run"
+        )
+    base = config_from_dict(json.loads(saved.read_text()))
+    merged = load_config(None, overrides, base=base)
+    if not (run / "adapter").is_dir():
+        raise UserError(f"{run} has no adapter/ folder yet; train it first (or resume it)")
+    return merged, run
+
+
+def _load_for_inference(config: RunConfig, run: Path | None):
+    from loralab.methods import get_method
+    from loralab.models import load_model_and_tokenizer, resolve_device
+
+    device = resolve_device(config.device)
+    model, tokenizer = load_model_and_tokenizer(config.model, device)
+    if run is not None:
+        model = get_method(config.method).load(model, run / "adapter")
+        model.to(device)
+    model.eval()
+    return model, tokenizer, device
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.tasks import get_task
+    from loralab.train import train
+
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    config = load_config(args.config, overrides)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(f"test {get_task(config.task).headline(summary['metrics'])}")
+    print(
+        f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "
+        f"({summary['trainable_percent']:.3f}%), train time {summary['train_time_s']:.0f} s, "
+        f"peak memory {summary['peak_memory_mb']:.0f} MB"
+    )
+    print(f"run folder: {config.out_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.data import random_subset
+    from loralab.evaluate import evaluate_task
+    from loralab.report import write_json_atomically
+    from loralab.tasks import get_task
+
+    config, run = _run_config(args.run_dir, args.model, overrides)
+    task = get_task(config.task)
+    rows, source = task.load_split(config, "test")
+    rows = random_subset(rows, config.max_test_samples, config.seed + 2)
+    print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
+    model, tokenizer, device = _load_for_inference(config, run)
+    metrics, _ = evaluate_task(model, tokenizer, task, config, rows, device)
+    print(f"test {task.headline(metrics)}" + ("" if run else f" (zero-shot {config.model})"))
+    if run is not None:
+        write_json_atomically(run / "eval.json", metrics)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.evaluate import generate
+
+    config, run = _run_config(args.run_dir, args.model, overrides)
+    model, tokenizer, device = _load_for_inference(config, run)
+    print(generate(model, tokenizer, [args.prompt], config, device)[0])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if not item.startswith("--") or "=" not in item]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like --key=value)")
+    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+    try:
+        return commands[args.command](args, extra)
+    except UserError as exc:
+        print(f"loralab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loralab: interrupted", file=sys.stderr)
+        return 130

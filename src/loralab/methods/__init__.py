@@ -1,0 +1,23 @@
+"""Adaptation methods: each says which parameters train and how its result is saved and loaded back.
+
+A method is a module with three functions over a loaded base model:
+    prepare(model, config) -> model        make the right parameters trainable (in place)
+    save(model, directory, config)          write what training changed
+    load(model, directory) -> model         put a saved result onto a fresh base model
+    restore(model, directory) -> model      load saved weights into a model that prepare() adapted
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from loralab.errors import UserError
+from loralab.methods import lora
+
+METHODS: dict[str, ModuleType] = {"lora": lora}
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]

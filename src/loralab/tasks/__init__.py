@@ -1,0 +1,16 @@
+"""Tasks: where examples come from, how they become (prompt, answer) text, and how outputs are scored."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from loralab.errors import UserError
+from loralab.tasks import rotten_tomatoes
+
+TASKS: dict[str, ModuleType] = {"rotten_tomatoes": rotten_tomatoes}
+
+
+def get_task(name: str) -> ModuleType:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]

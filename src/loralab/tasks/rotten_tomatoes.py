@@ -1,0 +1,42 @@
+"""Sentiment of Rotten Tomatoes snippets (Pang & Lee 2005) by instruction tuning, scored by generation.
+
+A prompt is the config's template with the review filled in; the answer is the label word (and EOS).
+A generated text is correct when the expected label word starts it; text that starts with no label word
+counts as wrong and as invalid.
+"""
+
+from __future__ import annotations
+
+from loralab.config import RunConfig
+from loralab.metrics import classification_metrics, match_label
+from loralab.sources import load_rotten_tomatoes
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
+    """Rows {"text", "label"} of one split and a line saying where they came from."""
+    return load_rotten_tomatoes(split, config.data_path or None)
+
+
+def prompt(config: RunConfig, row: dict) -> str:
+    return config.template.format(text=row["text"])
+
+
+def answer(config: RunConfig, row: dict) -> str:
+    """The label word, after a space unless the template already ends in whitespace."""
+    word = config.label_words[int(row["label"])]
+    return word if config.template[-1:].isspace() else " " + word
+
+
+def score(config: RunConfig, rows: list[dict], generations: list[str]) -> dict:
+    predicted = [match_label(text, config.label_words) for text in generations]
+    return classification_metrics([int(r["label"]) for r in rows], predicted, config.label_words)
+
+
+def headline(metrics: dict) -> str:
+    """One line for the terminal."""
+    return (
+        f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} examples "
+        f"(macro F1 {metrics['macro_f1']:.4f}, invalid {metrics['invalid_rate']:.2%})"
+    )

@@ -1,0 +1,235 @@
+"""The training loop: one plain loop for every method, readable top to bottom.
+
+data → model → method.prepare → AdamW with warmup + cosine/linear decay → steps with gradient
+accumulation (loss normalised by target tokens) → validation loss every `eval_every` steps →
+checkpoint + best adapter → early stopping → test metrics by generation → summary.json, loss_curve.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from loralab.checkpoint import load_checkpoint, save_checkpoint
+from loralab.config import RunConfig, config_from_dict
+from loralab.data import IGNORE, Encoded, batch_order, collate, encode_example, random_subset
+from loralab.errors import UserError
+from loralab.evaluate import evaluate_task, validation_loss
+from loralab.lora import count_parameters
+from loralab.loss import answer_loss_sum
+from loralab.methods import get_method
+from loralab.models import load_model_and_tokenizer, resolve_device
+from loralab.report import append_metrics, peak_memory_mb, plot_losses, read_metrics, write_json_atomically
+from loralab.tasks import get_task
+
+RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "loss_curve.png", "adapter",
+             "checkpoint")  # fmt: skip
+# Keys that may change when a run is resumed (to train longer or evaluate differently).
+RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size"}
+
+
+def log(message: str) -> None:
+    print(f"loralab: {message}", file=sys.stderr, flush=True)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warmup to 1 over `warmup` steps, then constant, linear or cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def prepare_out_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Refuse to clobber an earlier run unless asked; check a resumed run's config still fits."""
+    out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out_dir {out} is a file; choose a folder")
+    saved = out / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise UserError(f"nothing to resume in {out} (no config.json); drop --resume to start a new run")
+        old = config_from_dict(json.loads(saved.read_text())).to_dict()
+        changed = sorted(k for k, v in config.to_dict().items() if old[k] != v and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise UserError(
+                f"--resume with a different {', '.join(changed)} than the run in {out}; use a new out_dir"
+            )
+        return out
+    if saved.is_file() or (out / "summary.json").is_file() or (out / "checkpoint").exists():
+        if not overwrite:
+            raise UserError(f"{out} already holds a run; pass --overwrite to replace it, --resume to continue it, "
+                            "or choose another out_dir")  # fmt: skip
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return out
+
+
+def _origin(source: str) -> str:
+    """Which kind of source a data description names (all splits of a run must share one)."""
+    if "vaderSentiment" in source:
+        return "vader"
+    return "hub" if "Hugging Face hub" in source else "files"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # optimizer steps already taken in the current epoch
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    train_time_s: float = 0.0
+    stopped_early: bool = False
+
+
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run one training job as `config` describes and return its summary (also written to summary.json)."""
+    task, method = get_task(config.task), get_method(config.method)
+    out = prepare_out_dir(config, resume, overwrite)
+
+    # Data first: a missing file should fail in a second, not after the model has loaded.
+    rows, origins = {}, set()
+    for split, limit, offset in (("train", config.max_train_samples, 0), ("validation", config.max_eval_samples, 1),
+                                 ("test", config.max_test_samples, 2)):  # fmt: skip
+        loaded, source = task.load_split(config, split)
+        rows[split] = random_subset(loaded, limit, config.seed + offset)
+        log(f"{split}: {len(rows[split]):,} examples from {source}")
+        origins.add(_origin(source))
+    if len(origins) > 1:  # e.g. train from a file, test from another split of the same texts: leakage
+        raise UserError("the train, validation and test splits came from different sources; put all three "
+                        "files in the same folder (LORALAB_DATA_DIR or data_path)")  # fmt: skip
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model_and_tokenizer(config.model, device)
+    model = method.prepare(model, config)
+    trainable, total = count_parameters(model)
+    log(f"{config.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+
+    def encode(split_rows: list[dict]) -> list[Encoded]:
+        return [encode_example(tokenizer, task.prompt(config, r), task.answer(config, r), config.max_length)
+                for r in split_rows]  # fmt: skip
+
+    train_set, val_set = encode(rows["train"]), encode(rows["validation"])
+    lengths = [len(e.input_ids) for e in train_set]
+    micro_batches = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    warmup = int(config.warmup_ratio * total_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    state = TrainState()
+    if resume:
+        state = TrainState(**load_checkpoint(out / "checkpoint", model, optimizer))
+        log(f"resuming at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
+    else:
+        write_json_atomically(out / "config.json", config.to_dict())
+    pad_id = tokenizer.pad_token_id
+
+    def evaluate_and_checkpoint() -> None:
+        t0 = time.time()
+        val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device)
+        improved = val_loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
+            method.save(model, out / "adapter", config)
+        else:
+            state.evals_without_improvement += 1
+        save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
+        append_metrics(metrics_path, {"step": state.step, "epoch": state.epoch, "val_loss": val_loss,
+                                      "best_val_loss": state.best_val_loss, "eval_time_s": time.time() - t0})  # fmt: skip
+        log(f"step {state.step}: validation loss {val_loss:.4f}" + (" (best)" if improved else ""))
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True)
+    while state.step < total_steps and not state.stopped_early:
+        batches = batch_order(lengths, config.batch_size, config.seed + state.epoch, config.group_by_length)
+        groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+        for group in groups[state.batch_in_epoch :]:
+            t0 = time.time()
+            for g in optimizer.param_groups:
+                g["lr"] = config.lr * lr_factor(state.step, total_steps, warmup, config.lr_schedule)
+            micro = [collate([train_set[i] for i in batch], pad_id) for batch in group]
+            n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)
+            loss_total = 0.0
+            for batch in micro:
+                loss_sum, _ = answer_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
+                loss_total += loss_sum.item()
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.train_time_s += time.time() - t0
+            train_loss = loss_total / n_targets
+            append_metrics(metrics_path, {"step": state.step, "epoch": state.epoch, "train_loss": train_loss,
+                                          "lr": optimizer.param_groups[0]["lr"], "target_tokens": n_targets})  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}", epoch=state.epoch + 1)
+            end_of_epoch = state.batch_in_epoch == len(groups)
+            due = state.step % config.eval_every == 0 if config.eval_every else end_of_epoch
+            if due or state.step == total_steps:
+                evaluate_and_checkpoint()
+                model.train()
+                if config.patience and state.evals_without_improvement >= config.patience:
+                    state.stopped_early = True
+                    log(f"early stop: no improvement in {config.patience} evaluations")
+            if state.stopped_early or state.step >= total_steps:
+                break
+        if state.batch_in_epoch == len(groups):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    bar.close()
+    if state.best_step == 0:  # resumed after the last step, or nothing was evaluated
+        evaluate_and_checkpoint()
+
+    method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
+    t0 = time.time()
+    metrics, generations = evaluate_task(model, tokenizer, task, config, rows["test"], device)
+    eval_time = time.time() - t0
+    with (out / "predictions.jsonl").open("w") as handle:
+        for row, text in zip(rows["test"], generations, strict=True):
+            handle.write(json.dumps({**row, "generated": text}) + "\n")
+    epochs_done = state.step / steps_per_epoch
+    summary = {
+        "method": config.method,
+        "model": config.model,
+        "task": config.task,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100 * trainable / total,
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "train_time_s": state.train_time_s,
+        "time_per_epoch_s": state.train_time_s / epochs_done if epochs_done else None,
+        "epochs_completed": epochs_done,
+        "steps": state.step,
+        "train_examples": len(train_set),
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
+        "stopped_early": state.stopped_early,
+        "test_eval_time_s": eval_time,
+        "metrics": metrics,
+    }
+    write_json_atomically(out / "summary.json", summary)
+    plot_losses(read_metrics(metrics_path), out / "loss_curve.png", f"{config.method} on {config.task}")
+    return summary
