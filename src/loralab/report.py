@@ -26,6 +26,19 @@ def write_json_atomically(path: Path, data: dict) -> None:
         raise
 
 
+def write_lines_atomically(path: Path, records: list[dict]) -> None:
+    """Rewrite a JSON-lines file through a temp file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def append_metrics(path: Path, record: dict) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")

@@ -27,7 +27,14 @@ from loralab.lora import count_parameters
 from loralab.loss import answer_loss_sum
 from loralab.methods import get_method
 from loralab.models import load_model_and_tokenizer, resolve_device
-from loralab.report import append_metrics, peak_memory_mb, plot_losses, read_metrics, write_json_atomically
+from loralab.report import (
+    append_metrics,
+    peak_memory_mb,
+    plot_losses,
+    read_metrics,
+    write_json_atomically,
+    write_lines_atomically,
+)
 from loralab.tasks import get_task
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "loss_curve.png", "adapter",
@@ -139,6 +146,10 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     state = TrainState()
     if resume:
         state = TrainState(**load_checkpoint(out / "checkpoint", model, optimizer))
+        # lines logged after the checkpoint belong to steps that are about to be redone
+        write_lines_atomically(
+            metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= state.step]
+        )
         log(f"resuming at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
     else:
         write_json_atomically(out / "config.json", config.to_dict())
@@ -153,11 +164,14 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             method.save(model, out / "adapter", config)
         else:
             state.evals_without_improvement += 1
-        save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
         append_metrics(metrics_path, {"step": state.step, "epoch": state.epoch, "val_loss": val_loss,
                                       "best_val_loss": state.best_val_loss, "eval_time_s": time.time() - t0})  # fmt: skip
-        log(f"step {state.step}: validation loss {val_loss:.4f}" + (" (best)" if improved else ""))
+        save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
+        note = " (base model)" if state.step == 0 else " (best)" if improved else ""
+        log(f"step {state.step}: validation loss {val_loss:.4f}{note}")
 
+    if not resume:
+        evaluate_and_checkpoint()  # step 0: the base model's validation loss, the start of the curve
     model.train()
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True)
     while state.step < total_steps and not state.stopped_early:
@@ -199,16 +213,13 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         if state.batch_in_epoch == len(groups):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
-    if state.best_step == 0:  # resumed after the last step, or nothing was evaluated
-        evaluate_and_checkpoint()
 
     method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
     t0 = time.time()
     metrics, generations = evaluate_task(model, tokenizer, task, config, rows["test"], device)
     eval_time = time.time() - t0
-    with (out / "predictions.jsonl").open("w") as handle:
-        for row, text in zip(rows["test"], generations, strict=True):
-            handle.write(json.dumps({**row, "generated": text}) + "\n")
+    predictions = [{**row, "generated": text} for row, text in zip(rows["test"], generations, strict=True)]
+    write_lines_atomically(out / "predictions.jsonl", predictions)
     epochs_done = state.step / steps_per_epoch
     summary = {
         "method": config.method,
