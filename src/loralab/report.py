@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from loralab.atomic import write_atomically, write_text_atomically
+
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    """Write JSON to a temp file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_lines_atomically(path: Path, records: list[dict]) -> None:
     """Rewrite a JSON-lines file through a temp file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_metrics(path: Path, record: dict) -> None:
@@ -78,8 +60,5 @@ def plot_losses(records: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

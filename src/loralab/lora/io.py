@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
 from loralab.lora.inject import apply_lora, linear_module_names, lora_layers
@@ -102,18 +102,6 @@ def peft_config_dict(model: nn.Module, base_model_name: str | None = None) -> di
     }
 
 
-def _write_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name: str | None = None) -> Path:
     """Write the adapter folder (each file written to a temp name, then renamed into place)."""
     if getattr(model, "lora_config", None) is None:
@@ -121,11 +109,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(model)
-    _write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     peft_json = json.dumps(peft_config_dict(model, base_model_name), indent=2)
-    _write_atomically(directory / CONFIG_FILE, lambda p: Path(p).write_text(peft_json))
+    write_text_atomically(directory / CONFIG_FILE, peft_json)
     ours = json.dumps({"lora_config": model.lora_config.to_dict()}, indent=2)
-    _write_atomically(directory / LORALAB_FILE, lambda p: Path(p).write_text(ours))
+    write_text_atomically(directory / LORALAB_FILE, ours)
     return directory
 
 
