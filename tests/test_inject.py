@@ -143,3 +143,10 @@ def test_merge_lora_idempotent_and_apply_twice_refused():
     with pytest.raises(UserError, match="already has LoRA"):
         apply_lora(model, LoRAConfig(r=2))
     assert "lm_head" in linear_module_names(tiny_models.make("gpt_neo"))
+
+
+def test_lora_on_a_head_tied_to_the_embedding_is_refused():
+    model = tiny_models.make("llama")  # tie_word_embeddings=True
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    with pytest.raises(UserError, match="shares its weight with the input embedding"):
+        apply_lora(model, LoRAConfig(r=2, alpha=4, target_modules=["lm_head"]))

@@ -78,7 +78,22 @@ def find_target_modules(model: nn.Module, config: LoRAConfig) -> list[str]:
         raise UserError(
             f"no linear layer to adapt; this model's linear layers are: {_describe_linear_names(model)}"
         )
+    _refuse_tied_weights(model, chosen)
     return chosen
+
+
+def _refuse_tied_weights(model: nn.Module, chosen: list[str]) -> None:
+    """Merging into a weight shared with the input embedding (a tied output head) would change the
+    embedding too, so such a layer cannot carry LoRA."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    shared = getattr(embeddings, "weight", None)
+    for name in chosen:
+        if shared is not None and model.get_submodule(name).weight is shared:
+            raise UserError(
+                f"{name} shares its weight with the input embedding (tied), so merging LoRA into it would "
+                "change the embedding too; train it in full with modules_to_save, or untie it first"
+            )
 
 
 def _qkv_row_ranges(name: str, module: nn.Module, parts: tuple[str, ...]) -> list[tuple[int, int]]:
