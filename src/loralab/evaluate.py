@@ -1,15 +1,20 @@
-"""Evaluation: validation loss over answer tokens, and batched generation scored by the task."""
+"""Evaluation: validation loss over the targets, and batched predictions scored by the task.
+
+Predictions come from generation for language models (causal: the continuation after the prompt;
+encoder-decoder: the decoder's output) and from the argmax of the head for classifiers, which is turned into
+the label word so that every task scores text.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
 from tqdm.auto import tqdm
 
 from loralab.config import RunConfig
-from loralab.data import Encoded, collate, collate_prompts, encode_prompt
-from loralab.loss import answer_loss_sum
+from loralab.data import collate_inputs, collate_prompts, encode_prompt
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -17,53 +22,92 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int, pad_id: int,
-                    device: torch.device) -> float:  # fmt: skip
-    """Mean loss per answer token (the model is put in eval mode, which merges LoRA)."""
+def validation_loss(model: torch.nn.Module, examples: list, batch_size: int, pad_id: int, device: torch.device,
+                    collate: Callable, loss_sum: Callable) -> float:  # fmt: skip
+    """Mean loss per target token (the model is put in eval mode, which merges LoRA)."""
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
         batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
-        loss, n = answer_loss_sum(model, _to(batch, device))
+        loss, n = loss_sum(model, _to(batch, device))
         total, count = total + loss.item(), count + n
     model.train(was_training)
     return total / max(count, 1)
 
 
-@torch.no_grad()
-def generate(model: torch.nn.Module, tokenizer, prompts: list[str], config: RunConfig, device: torch.device,
-             desc: str = "generating") -> list[str]:  # fmt: skip
-    """Continuations of each prompt (greedy when temperature is 0), in the order given."""
-    model.eval()
-    encoded = [encode_prompt(tokenizer, p, config.max_length) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(prompts)
-    sampling = config.temperature > 0
-    options = {
-        "do_sample": sampling,
-        "max_new_tokens": config.max_new_tokens,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if sampling:
+def _generation_options(config: RunConfig, tokenizer) -> dict:
+    options = {"max_new_tokens": config.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+               "num_beams": config.num_beams, "do_sample": config.temperature > 0}  # fmt: skip
+    if config.temperature > 0:
         options.update(temperature=config.temperature, top_k=config.top_k or None)
     else:
         options.update(temperature=None, top_k=None, top_p=None)
-    bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=len(prompts) < 2 * config.eval_batch_size)
+    return options
+
+
+@torch.no_grad()
+def _batched(model: torch.nn.Module, tokenizer, texts: list[str], config: RunConfig, template: str, desc: str,
+             run_batch: Callable[[list[list[int]]], list[str]]) -> list[str]:  # fmt: skip
+    """Encode every prompt, run `run_batch` on length-sorted batches, return outputs in the order given."""
+    model.eval()
+    encoded = [encode_prompt(tokenizer, template, t, config.max_length) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(texts)
+    bar = tqdm(total=len(texts), desc=desc, unit="ex", disable=len(texts) < 2 * config.eval_batch_size)
     for start in range(0, len(order), config.eval_batch_size):
         rows = order[start : start + config.eval_batch_size]
-        batch = _to(collate_prompts([encoded[i] for i in rows], tokenizer.pad_token_id), device)
-        generated = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
-        for row, ids in zip(rows, generated, strict=True):
-            outputs[row] = tokenizer.decode(ids, skip_special_tokens=True)
+        for row, text in zip(rows, run_batch([encoded[i] for i in rows]), strict=True):
+            outputs[row] = text
         bar.update(len(rows))
     bar.close()
     return outputs
 
 
+def generate(model: torch.nn.Module, tokenizer, texts: list[str], config: RunConfig, device: torch.device,
+             desc: str = "generating", template: str | None = None) -> list[str]:  # fmt: skip
+    """Continuations of each filled-in prompt by a causal LM (greedy when temperature is 0)."""
+    options = _generation_options(config, tokenizer)
+
+    def run_batch(prompts: list[list[int]]) -> list[str]:
+        batch = _to(collate_prompts(prompts, tokenizer.pad_token_id), device)
+        generated = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+
+    return _batched(model, tokenizer, texts, config, config.template if template is None else template, desc,
+                    run_batch)  # fmt: skip
+
+
+def generate_seq2seq(model: torch.nn.Module, tokenizer, texts: list[str], config: RunConfig,
+                     device: torch.device, desc: str = "generating", template: str | None = None) -> list[str]:  # fmt: skip
+    """The decoder's output for each filled-in prompt, read by the encoder of an encoder-decoder model."""
+    options = _generation_options(config, tokenizer)
+
+    def run_batch(prompts: list[list[int]]) -> list[str]:
+        batch = _to(collate_inputs(prompts, tokenizer.pad_token_id), device)
+        generated = model.generate(**batch, **options)
+        return [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+
+    return _batched(model, tokenizer, texts, config, config.template if template is None else template, desc,
+                    run_batch)  # fmt: skip
+
+
+def predict_labels(model: torch.nn.Module, tokenizer, texts: list[str], config: RunConfig, device: torch.device,
+                   desc: str = "classifying", template: str | None = None) -> list[str]:  # fmt: skip
+    """The label word of the highest-scoring class of a classification head, for each text."""
+
+    def run_batch(prompts: list[list[int]]) -> list[str]:
+        batch = _to(collate_inputs(prompts, tokenizer.pad_token_id), device)
+        logits = model(**batch).logits
+        return [config.label_words[int(i)] for i in logits.argmax(dim=-1)]
+
+    return _batched(model, tokenizer, texts, config, config.template if template is None else template, desc,
+                    run_batch)  # fmt: skip
+
+
 def evaluate_task(model: torch.nn.Module, tokenizer, task: ModuleType, config: RunConfig, rows: list[dict],
-                  device: torch.device, desc: str = "test") -> tuple[dict, list[str]]:  # fmt: skip
-    """Generate for every row and score with the task's metric; returns (metrics, generations)."""
-    generations = generate(model, tokenizer, [task.prompt(config, r) for r in rows], config, device, desc)
-    return task.score(config, rows, generations), generations
+                  device: torch.device, predict: Callable = generate, desc: str = "test") -> tuple[dict, list[str]]:  # fmt: skip
+    """Predict for every row and score with the task's metric; returns (metrics, predictions)."""
+    outputs = predict(model, tokenizer, [task.input_text(config, r) for r in rows], config, device, desc)
+    return task.score(config, rows, outputs), outputs

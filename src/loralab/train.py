@@ -19,14 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from loralab.checkpoint import load_checkpoint, save_checkpoint
+from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, config_from_dict
-from loralab.data import IGNORE, Encoded, batch_order, collate, encode_example, random_subset
+from loralab.data import IGNORE, batch_order, random_subset
 from loralab.errors import UserError
 from loralab.evaluate import evaluate_task, validation_loss
+from loralab.kinds import get_kind
 from loralab.lora import count_parameters
-from loralab.loss import answer_loss_sum
 from loralab.methods import get_method
-from loralab.models import load_model_and_tokenizer, resolve_device
+from loralab.models import load_model_and_tokenizer, model_kind, resolve_device
 from loralab.report import (
     append_metrics,
     peak_memory_mb,
@@ -123,17 +124,33 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                         "files in the same folder (LORALAB_DATA_DIR or data_path)")  # fmt: skip
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(config.model, device)
-    model = method.prepare(model, config)
+    model, tokenizer = load_model_and_tokenizer(config.model, device, kind=config.model_kind,
+                                                num_labels=len(config.label_words))  # fmt: skip
+    kind = get_kind(model_kind(model))
+    if not kind.generative and not hasattr(task, "label"):
+        raise UserError(
+            f"task {config.task} produces text; it needs a language model, not model_kind classifier"
+        )
+    vocab, predict, template = None, kind.predict, config.template
+    if config.code_vocab:  # one token per Python keyword / builtin; embeddings (and an untied head) train
+        vocab = add_code_vocabulary(model, tokenizer)
+        predict, template = predicting_with(kind.predict, vocab), rewrite_template(config.template, vocab)
+        log(
+            f"code vocabulary: {len(vocab.tokens)} tokens added; {', '.join(vocab.modules_to_save)} train in full"
+        )
+    model = method.prepare(model, config, vocab.modules_to_save if vocab else ())
     trainable, total = count_parameters(model)
-    log(f"{config.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    log(f"{config.method} on a {kind.name} model: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.3f}%)")  # fmt: skip
 
-    def encode(split_rows: list[dict]) -> list[Encoded]:
-        return [encode_example(tokenizer, task.prompt(config, r), task.answer(config, r), config.max_length)
-                for r in split_rows]  # fmt: skip
+    def encode(split_rows: list[dict]) -> list:
+        target = task.answer if kind.generative else task.label
+        code = vocab.rewrite if vocab else (lambda text: text)
+        return [kind.encode(tokenizer, template, code(task.input_text(config, r)), code(target(config, r)),
+                            config.max_length) for r in split_rows]  # fmt: skip
 
     train_set, val_set = encode(rows["train"]), encode(rows["validation"])
-    lengths = [len(e.input_ids) for e in train_set]
+    lengths = [len(e) for e in train_set]
     micro_batches = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -157,11 +174,14 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
 
     def evaluate_and_checkpoint() -> None:
         t0 = time.time()
-        val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device)
+        val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device, kind.collate,
+                                   kind.loss_sum)  # fmt: skip
         improved = val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
             method.save(model, out / "adapter", config)
+            if vocab is not None:
+                save_code_vocab(out / "adapter", vocab)
         else:
             state.evals_without_improvement += 1
         append_metrics(metrics_path, {"step": state.step, "epoch": state.epoch, "val_loss": val_loss,
@@ -181,11 +201,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             t0 = time.time()
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * lr_factor(state.step, total_steps, warmup, config.lr_schedule)
-            micro = [collate([train_set[i] for i in batch], pad_id) for batch in group]
+            micro = [kind.collate([train_set[i] for i in batch], pad_id) for batch in group]
             n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)
             loss_total = 0.0
             for batch in micro:
-                loss_sum, _ = answer_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                loss_sum, _ = kind.loss_sum(model, {k: v.to(device) for k, v in batch.items()})
                 (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
                 loss_total += loss_sum.item()
             if config.max_grad_norm > 0:
@@ -216,7 +236,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
 
     method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
     t0 = time.time()
-    metrics, generations = evaluate_task(model, tokenizer, task, config, rows["test"], device)
+    metrics, generations = evaluate_task(model, tokenizer, task, config, rows["test"], device, predict)
+    if hasattr(task, "extra_evaluation"):  # e.g. code_qa: pass@k on HumanEval by running the generated code
+        metrics |= task.extra_evaluation(model, tokenizer, config, device, predict)
     eval_time = time.time() - t0
     predictions = [{**row, "generated": text} for row, text in zip(rows["test"], generations, strict=True)]
     write_lines_atomically(out / "predictions.jsonl", predictions)
@@ -225,6 +247,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         "method": config.method,
         "model": config.model,
         "task": config.task,
+        "dataset": config.dataset,
+        "model_kind": kind.name,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100 * trainable / total,

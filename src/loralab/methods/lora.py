@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from torch import nn
 
 from loralab.config import RunConfig
 from loralab.lora import apply_lora, load_adapter, load_adapter_weights, save_adapter
+from loralab.trainable import extra_modules_to_save
 
 
-def prepare(model: nn.Module, config: RunConfig) -> nn.Module:
-    return apply_lora(model, config.lora_config())
+def prepare(model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = ()) -> nn.Module:
+    """Apply LoRA; a classification head, the modules in `extra_modules` and (when asked) embeddings and
+    layer norms train in full beside it."""
+    lora = config.lora_config()
+    extra = extra_modules_to_save(model, config.train_embeddings, config.train_layer_norms) + list(
+        extra_modules
+    )
+    if extra:
+        lora = dataclasses.replace(
+            lora, modules_to_save=tuple(dict.fromkeys([*lora.modules_to_save, *extra]))
+        )
+    return apply_lora(model, lora)
 
 
 def save(model: nn.Module, directory: Path, config: RunConfig) -> None:

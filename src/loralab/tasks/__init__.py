@@ -5,9 +5,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from loralab.errors import UserError
-from loralab.tasks import rotten_tomatoes
+from loralab.tasks import code_qa, rotten_tomatoes, summarization
 
-TASKS: dict[str, ModuleType] = {"rotten_tomatoes": rotten_tomatoes}
+TASKS: dict[str, ModuleType] = {
+    "rotten_tomatoes": rotten_tomatoes,
+    "code_qa": code_qa,
+    "summarization": summarization,
+}
 
 
 def get_task(name: str) -> ModuleType:

@@ -1,8 +1,8 @@
 """Sentiment of Rotten Tomatoes snippets (Pang & Lee 2005) by instruction tuning, scored by generation.
 
-A prompt is the config's template with the review filled in; the answer is the label word (and EOS).
-A generated text is correct when the expected label word starts it; text that starts with no label word
-counts as wrong and as invalid.
+A prompt is the config's template with the review filled in; the answer is the label word (and EOS), or
+for a model with a classification head the class index. A generated text is correct when the expected label
+word starts it; text that starts with no label word counts as wrong and as invalid.
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
     return load_rotten_tomatoes(split, config.data_path or None)
 
 
-def prompt(config: RunConfig, row: dict) -> str:
-    return config.template.format(text=row["text"])
+def input_text(config: RunConfig, row: dict) -> str:
+    """What goes into the template's {text}."""
+    return row["text"]
+
+
+def label(config: RunConfig, row: dict) -> int:
+    """The class index, for classification heads."""
+    return int(row["label"])
 
 
 def answer(config: RunConfig, row: dict) -> str:

@@ -1,0 +1,70 @@
+"""Model kinds: how a family of models is fed, trained and asked for predictions.
+
+The training loop is the same for all; only these four steps differ:
+
+    kind        example from (prompt, target)       loss                         prediction
+    causal      prompt + answer + EOS, left-padded  answer tokens only           generated continuation
+    seq2seq     encoder: prompt; decoder: answer    decoder tokens               decoder output
+    classifier  prompt, class index                 cross-entropy of the head    label word of the argmax
+
+"causal" are decoder-only LMs (GPT-2, Llama, Gemma...); "seq2seq" encoder-decoders (T5, BERT2BERT);
+"classifier" any model with a sequence-classification head: an encoder (BERT, MiniLM) or a decoder LM whose
+head reads the last token (the GPT-2 + LoRA classification setup).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from loralab.data import (
+    collate,
+    collate_labelled,
+    collate_seq2seq,
+    encode_example,
+    encode_labelled,
+    encode_seq2seq,
+)
+from loralab.errors import UserError
+from loralab.evaluate import generate, generate_seq2seq, predict_labels
+from loralab.loss import answer_loss_sum, label_loss_sum, seq2seq_loss_sum
+
+ENCODER_ONLY = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+                "mpnet", "camembert", "modernbert"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    encode: Callable  # (tokenizer, template, text, target, max_length) -> example
+    collate: Callable  # (examples, pad_id) -> batch of tensors with "labels"
+    loss_sum: Callable  # (model, batch) -> (summed loss, number of targets)
+    predict: Callable  # (model, tokenizer, texts, config, device, desc) -> list of texts
+    generative: bool  # True when the target is text (an answer), False when it is a class index
+
+
+KINDS = {
+    "causal": Kind("causal", encode_example, collate, answer_loss_sum, generate, True),
+    "seq2seq": Kind("seq2seq", encode_seq2seq, collate_seq2seq, seq2seq_loss_sum, generate_seq2seq, True),
+    "classifier": Kind(
+        "classifier", encode_labelled, collate_labelled, label_loss_sum, predict_labels, False
+    ),
+}
+
+
+def kind_of_config(model_config: object, requested: str = "auto") -> str:
+    """The kind to build from a transformers config: `requested`, or for "auto" seq2seq for
+    encoder-decoders, classifier for encoder-only models, causal otherwise."""
+    if requested != "auto":
+        return requested
+    if getattr(model_config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if getattr(model_config, "model_type", "") in ENCODER_ONLY:
+        return "classifier"
+    return "causal"
+
+
+def get_kind(name: str) -> Kind:
+    if name not in KINDS:
+        raise UserError(f"unknown model_kind {name!r}; choose auto, {', '.join(KINDS)}")
+    return KINDS[name]
