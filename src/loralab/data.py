@@ -118,10 +118,12 @@ def encode_example(tokenizer, template: str, text: str, answer: str, max_length:
 
 
 def encode_seq2seq(tokenizer, template: str, text: str, answer: str, max_length: int) -> Seq2SeqExample:
-    """Source and target each at most max_length (a cut target loses its EOS, as in encode_example)."""
-    return Seq2SeqExample(
-        encode_prompt(tokenizer, template, text, max_length), answer_ids(tokenizer, answer)[:max_length]
-    )
+    """Source and target each at most max_length (a cut target loses its EOS, as in encode_example).
+
+    The decoder starts the answer afresh, so the space a causal prompt needs before it is dropped.
+    """
+    target = answer_ids(tokenizer, answer.lstrip(" "))[:max_length]
+    return Seq2SeqExample(encode_prompt(tokenizer, template, text, max_length), target)
 
 
 def encode_labelled(tokenizer, template: str, text: str, label: int, max_length: int) -> LabelledExample:
