@@ -1,0 +1,45 @@
+"""The code_qa task's HumanEval evaluation: question format, program assembly and sandboxed scoring."""
+
+import pytest
+
+from loralab import code_eval
+from loralab.config import load_config
+from loralab.tasks import code_qa
+
+
+@pytest.fixture(autouse=True)
+def offline_shared_data(monkeypatch, shared_data):
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
+
+
+def answer_key():
+    """question -> the canonical solution written as a whole function, as a trained model should answer."""
+    problems, _ = code_eval.load_humaneval()
+    key = {}
+    for p in problems:
+        question = code_qa.humaneval_question(p)
+        key[question] = question.split("\n\n")[-1] + "\n" + p["canonical_solution"]
+    return key
+
+
+def test_humaneval_question_is_docstring_then_def_line():
+    problems, _ = code_eval.load_humaneval()
+    question = code_qa.humaneval_question(problems[0])
+    doc, header = question.rsplit("\n\n", 1)
+    assert header.startswith("def has_close_elements(") and header.endswith(":")
+    assert doc.startswith("Check if in given list of numbers") and '"""' not in question
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_extra_evaluation_scores_what_the_model_writes(right):
+    config = load_config(None, ["--task=code_qa", "--code_eval=humaneval", "--max_code_eval_problems=12"])
+    key = answer_key()
+
+    def predict(model, tokenizer, texts, config, device, desc="", template=None):
+        # a model that answers every question right (the canonical function) or writes a stub
+        return [key[t] + "\n\nprint(1)" if right else "def f():\n    pass" for t in texts]
+
+    result = code_qa.extra_evaluation(None, None, config, "cpu", predict)["humaneval"]
+    assert result["n_problems"] == 12 and result["n_samples"] == 12
+    assert result["pass@1"] == (1.0 if right else 0.0)
+    assert sum(result["status"].values()) == 12
