@@ -356,16 +356,22 @@ def _load_folder(
     path: Path, dtype: torch.dtype, head: Head
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
-        config = AutoConfig.from_pretrained(path)
-        with _quiet_progress():
-            model = _from_pretrained(path, config, dtype, head)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        return _read_folder(path, dtype, head)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
             f"cannot load the model folder {str(path)!r} ({_short(exc)}); "
             "it needs what save_pretrained writes: config.json, weights and tokenizer files"
         ) from exc
-    return model, tokenizer
+
+
+def _read_folder(
+    path: Path, dtype: torch.dtype, head: Head
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (with the requested head) and tokenizer from a save_pretrained folder; errors pass through."""
+    config = AutoConfig.from_pretrained(path)
+    with _quiet_progress():
+        model = _from_pretrained(path, config, dtype, head)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _load_gguf(
@@ -486,16 +492,12 @@ def _load_bundled(
     if not target.is_dir():
         _convert_bundled(spec, target)
     try:
-        config = AutoConfig.from_pretrained(target)
-        with _quiet_progress():
-            model = _from_pretrained(target, config, dtype, head)
-        tokenizer = AutoTokenizer.from_pretrained(target)
+        return _read_folder(target, dtype, head)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
             f"the converted {spec.name} in {target} does not load ({_short(exc)}); "
             "delete that folder and loralab converts it again"
         ) from exc
-    return model, tokenizer
 
 
 def _convert_bundled(spec: BundledModel, target: Path) -> None:
