@@ -39,7 +39,14 @@ def test_extra_evaluation_scores_what_the_model_writes(right):
         # a model that answers every question right (the canonical function) or writes a stub
         return [key[t] + "\n\nprint(1)" if right else "def f():\n    pass" for t in texts]
 
-    result = code_qa.extra_evaluation(None, None, config, "cpu", predict)["humaneval"]
+    metrics, samples = code_qa.extra_evaluation(None, None, config, "cpu", predict)
+    result = metrics["humaneval"]
     assert result["n_problems"] == 12 and result["n_samples"] == 12
     assert result["pass@1"] == (1.0 if right else 0.0)
     assert sum(result["status"].values()) == 12
+    # the run folder gets what the model wrote for each problem and how it fared
+    assert len(samples) == 12 and len({s["task_id"] for s in samples}) == 12
+    for sample in samples:
+        assert sample["generations"] == [predict(None, None, [sample["question"]], config, "cpu")[0]]
+        assert sample["passed"] == (1 if right else 0)
+        assert (sample["first_failure"] is None) == right

@@ -153,9 +153,13 @@ def test_t5_code_qa_with_the_code_vocabulary_trains_saves_and_evaluates(tmp_path
     args = ["train", "configs/code_qa_t5_lora.toml", f"--model={tiny_t5_folder}", f"--out_dir={out}",
             "--dataset=stdlib_docstrings", "--max_train_samples=24", "--max_eval_samples=8",
             "--max_test_samples=4", "--max_steps=2", "--eval_every=2", "--batch_size=8", "--max_length=96",
-            "--max_new_tokens=12"]  # fmt: skip
+            "--max_new_tokens=12", "--code_eval=humaneval", "--max_code_eval_problems=3"]  # fmt: skip
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["humaneval"]["n_problems"] == 3
+    samples = [json.loads(line) for line in (out / "code_eval_samples.jsonl").read_text().splitlines()]
+    assert [s["passed"] for s in samples] == [0, 0, 0]  # a random tiny T5 writes no working function
+    assert all(len(s["generations"]) == 1 and s["task_id"].startswith("HumanEval/") for s in samples)
     vocab = json.loads((out / "adapter" / "code_vocab.json").read_text())
     assert "pytkw:def" in vocab["tokens"] and "pytfunc:len" in vocab["tokens"]
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
@@ -166,3 +170,4 @@ def test_t5_code_qa_with_the_code_vocabulary_trains_saves_and_evaluates(tmp_path
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0  # tokens re-added at the same ids before the adapter loads
     assert f"BLEU {summary['metrics']['bleu']:.2f}" in capsys.readouterr().out
+    assert len((out / "eval_code_samples.jsonl").read_text().splitlines()) == 3

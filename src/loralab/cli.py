@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.data import random_subset
     from loralab.evaluate import evaluate_task
-    from loralab.report import write_json_atomically
+    from loralab.report import write_json_atomically, write_lines_atomically
     from loralab.tasks import get_task
 
     config, run = _run_config(args.run_dir, args.model, overrides)
@@ -155,11 +155,15 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
     model, tokenizer, device, predict = _load_for_inference(config, run)
     metrics, _ = evaluate_task(model, tokenizer, task, config, rows, device, predict)
+    samples: list[dict] = []
     if hasattr(task, "extra_evaluation"):
-        metrics |= task.extra_evaluation(model, tokenizer, config, device, predict)
+        extra, samples = task.extra_evaluation(model, tokenizer, config, device, predict)
+        metrics |= extra
     print(f"test {task.headline(metrics)}" + ("" if run else f" (zero-shot {config.model})"))
     if run is not None:
         write_json_atomically(run / "eval.json", metrics)
+        if samples:
+            write_lines_atomically(run / "eval_code_samples.jsonl", samples)
     return 0
 
 

@@ -38,8 +38,8 @@ from loralab.report import (
 )
 from loralab.tasks import get_task
 
-RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "loss_curve.png", "adapter",
-             "checkpoint")  # fmt: skip
+RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
+             "loss_curve.png", "adapter", "checkpoint")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size"}
 
@@ -237,11 +237,15 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
     t0 = time.time()
     metrics, generations = evaluate_task(model, tokenizer, task, config, rows["test"], device, predict)
+    samples: list[dict] = []
     if hasattr(task, "extra_evaluation"):  # e.g. code_qa: pass@k on HumanEval by running the generated code
-        metrics |= task.extra_evaluation(model, tokenizer, config, device, predict)
+        extra, samples = task.extra_evaluation(model, tokenizer, config, device, predict)
+        metrics |= extra
     eval_time = time.time() - t0
     predictions = [{**row, "generated": text} for row, text in zip(rows["test"], generations, strict=True)]
     write_lines_atomically(out / "predictions.jsonl", predictions)
+    if samples:
+        write_lines_atomically(out / "code_eval_samples.jsonl", samples)
     epochs_done = state.step / steps_per_epoch
     summary = {
         "method": config.method,

@@ -67,10 +67,14 @@ def humaneval_question(problem: dict) -> str:
 
 
 def extra_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, device: torch.device,
-                     predict: Callable) -> dict:  # fmt: skip
-    """pass@k of generated code on HumanEval or MBPP (config.code_eval), run in the sandbox."""
+                     predict: Callable) -> tuple[dict, list[dict]]:  # fmt: skip
+    """pass@k of generated code on HumanEval or MBPP (config.code_eval), run in the sandbox.
+
+    Returns the metrics and one record per problem (task id, question, the generations, passed count, statuses,
+    first failure) for the run folder, so a reader can see what the model wrote and why it failed.
+    """
     if not config.code_eval:
-        return {}
+        return {}, []
     if config.code_eval == "humaneval":
         problems, source = code_eval.load_humaneval()
         questions = [humaneval_question(p) for p in problems]
@@ -96,7 +100,14 @@ def extra_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, devic
         for status, count in problem["status"].items():
             statuses[status] = statuses.get(status, 0) + count
     summary = {key: value for key, value in result.items() if key != "problems"}
-    return {config.code_eval: summary | {"status": statuses, "source": source}}
+    samples = [
+        {"task_id": problem["task_id"], "question": question, "generations": generations[i * n : (i + 1) * n]}
+        | {key: outcome[key] for key in ("passed", "status", "first_failure")}
+        for i, (problem, question, outcome) in enumerate(
+            zip(problems, questions, result["problems"], strict=True)
+        )
+    ]
+    return {config.code_eval: summary | {"status": statuses, "source": source}}, samples
 
 
 def headline(metrics: dict) -> str:
