@@ -46,6 +46,9 @@ class RunConfig:
     train_embeddings: bool = False  # also train the input embeddings in full (saved with the adapter)
     train_layer_norms: bool = False  # also train every layer norm in full
     code_vocab: bool = False  # code_qa: one token per Python keyword / builtin, embeddings trained
+    # other methods (method = full | last_layers | prompt_tuning | qlora)
+    n_layers: int = 2  # last_layers: how many of the last transformer blocks train
+    train_head: bool = False  # last_layers: the output head (LM head or classifier) trains too
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -124,7 +127,7 @@ DATASETS = {
 
 CHOICES = {
     "task": tuple(TASK_DEFAULTS),
-    "method": ("lora",),
+    "method": ("lora", "full", "last_layers"),
     "model_kind": ("auto", "causal", "seq2seq", "classifier"),
     "code_eval": ("", "humaneval", "mbpp"),
     "lr_schedule": ("cosine", "linear", "constant"),
@@ -136,7 +139,7 @@ POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_be
 NON_NEGATIVE = (
     "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
     "patience", "top_k", "weight_decay", "max_grad_norm", "temperature", "max_new_tokens",
-    "max_code_eval_problems",
+    "max_code_eval_problems", "n_layers",
 )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Adaptation methods: each says which parameters train and how its result is saved and loaded back.
 
-A method is a module with three functions over a loaded base model:
+A method is a module with four functions over a loaded base model:
     prepare(model, config) -> model        make the right parameters trainable (in place)
     save(model, directory, config)          write what training changed
     load(model, directory) -> model         put a saved result onto a fresh base model
@@ -12,9 +12,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from loralab.errors import UserError
-from loralab.methods import lora
+from loralab.methods import full, last_layers, lora
 
-METHODS: dict[str, ModuleType] = {"lora": lora}
+METHODS: dict[str, ModuleType] = {"lora": lora, "full": full, "last_layers": last_layers}
 
 
 def get_method(name: str) -> ModuleType:

@@ -1,0 +1,27 @@
+"""Full fine-tuning: every parameter of the model trains (the baseline LoRA is measured against)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from loralab.config import RunConfig
+from loralab.methods.partial import load_trained, save_trained, unfreeze
+
+
+def prepare(model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = ()) -> nn.Module:
+    unfreeze(model, [""])
+    return model
+
+
+def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
+    save_trained(model, directory, "full", config.model)
+
+
+def load(model: nn.Module, directory: Path) -> nn.Module:
+    return load_trained(model, directory)
+
+
+def restore(model: nn.Module, directory: Path) -> nn.Module:
+    return load_trained(model, directory)

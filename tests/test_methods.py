@@ -1,0 +1,126 @@
+"""The adaptation methods besides LoRA: which parameters train, what is saved, and that a run reloads exactly."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import tiny_models
+from loralab.cli import main
+from loralab.config import load_config
+from loralab.errors import UserError
+from loralab.lora import count_parameters
+from loralab.methods import full, last_layers
+from loralab.models import load_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def offline_shared_data(monkeypatch, shared_data):
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory):
+    """A tiny random 4-block Llama with the bundled SmolLM2 tokenizer: a complete local model folder."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def config_with(*overrides: str):
+    return load_config(None, list(overrides))
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    "name, stack", [("llama", "model.layers"), ("gpt2", "transformer.h"), ("t5", "decoder.block"),
+                    ("bert", "encoder.layer"), ("gpt_neo", "transformer.h")]
+)  # fmt: skip
+def test_block_stack_is_the_models_layer_list(name, stack):
+    found, blocks = last_layers.block_stack(tiny_models.make(name))
+    assert found == stack and len(blocks) == 2
+
+
+def test_last_layers_trains_exactly_the_last_blocks():
+    model = tiny_models.make("llama")
+    last_layers.prepare(model, config_with("--method=last_layers", "--n_layers=1"))
+    assert trainable_names(model) == {
+        n for n, _ in model.named_parameters() if n.startswith("model.layers.1.")
+    }
+
+
+def test_head_only_and_the_flags():
+    model = tiny_models.make("gpt2")
+    last_layers.prepare(model, config_with("--method=last_layers", "--n_layers=0", "--train_head=true"))
+    # GPT-2 ties its LM head to the token embedding: training the head trains that one matrix
+    assert trainable_names(model) == {"transformer.wte.weight"}
+    model = tiny_models.make("t5")
+    last_layers.prepare(model, config_with("--method=last_layers", "--n_layers=2", "--train_embeddings=true",
+                                           "--train_layer_norms=true"))  # fmt: skip
+    names = trainable_names(model)
+    assert {n for n in names if n.startswith("decoder.block.")} == {
+        n for n, _ in model.named_parameters() if n.startswith("decoder.block.")
+    }
+    assert "shared.weight" in names and "encoder.final_layer_norm.weight" in names
+    assert not any(n.startswith("encoder.block.") and "layer_norm" not in n for n in names)
+
+
+def test_last_layers_bad_settings_are_user_errors():
+    with pytest.raises(UserError, match="trains nothing"):
+        last_layers.prepare(tiny_models.make("llama"), config_with("--method=last_layers", "--n_layers=0"))
+    with pytest.raises(UserError, match="has 2 blocks"):
+        last_layers.prepare(tiny_models.make("llama"), config_with("--method=last_layers", "--n_layers=3"))
+
+
+def test_full_trains_everything_and_reloads_onto_a_fresh_model(tmp_path):
+    model = full.prepare(tiny_models.make("llama"), config_with("--method=full"))
+    trainable, total = count_parameters(model)
+    assert trainable == total
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    full.save(model, tmp_path / "adapter", config_with("--method=full"))
+    saved = json.loads((tmp_path / "adapter" / "method.json").read_text())
+    assert saved["method"] == "full" and "lm_head.weight" not in saved["parameters"]  # tied: stored once
+    fresh = full.load(tiny_models.make("llama"), tmp_path / "adapter")
+    assert torch.equal(tiny_models.run(fresh), tiny_models.run(model))
+    with pytest.raises(UserError, match="lacks"):
+        full.load(tiny_models.make("gpt2"), tmp_path / "adapter")
+
+
+@pytest.mark.parametrize(
+    "method, extra", [("full", []), ("last_layers", ["--n_layers=1", "--train_head=true"])]
+)
+def test_method_trains_through_the_cli_and_eval_reproduces_it(
+    tmp_path, tiny_llama_folder, capsys, method, extra
+):
+    out = tmp_path / "run"
+    args = ["train", "configs/rotten_tomatoes_lora.toml", f"--model={tiny_llama_folder}", f"--out_dir={out}",
+            f"--method={method}", "--max_train_samples=32", "--max_eval_samples=16", "--max_test_samples=16",
+            "--max_steps=3", "--eval_every=3", "--batch_size=8", "--max_length=64", "--lr=1e-2", *extra]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method
+    evals = [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line
+    ]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    if method == "full":
+        assert summary["trainable_params"] == summary["total_params"]
+    else:  # one of four blocks + the tied embedding / head
+        assert 0 < summary["trainable_params"] < summary["total_params"]
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
