@@ -49,6 +49,8 @@ class RunConfig:
     # other methods (method = full | last_layers | prompt_tuning | qlora)
     n_layers: int = 2  # last_layers: how many of the last transformer blocks train
     train_head: bool = False  # last_layers: the output head (LM head or classifier) trains too
+    n_virtual_tokens: int = 20  # prompt_tuning: trainable embeddings in front of every input
+    prompt_init_text: str = ""  # prompt_tuning: start from this text's embeddings; empty = random vocabulary
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -127,7 +129,7 @@ DATASETS = {
 
 CHOICES = {
     "task": tuple(TASK_DEFAULTS),
-    "method": ("lora", "full", "last_layers"),
+    "method": ("lora", "full", "last_layers", "prompt_tuning"),
     "model_kind": ("auto", "causal", "seq2seq", "classifier"),
     "code_eval": ("", "humaneval", "mbpp"),
     "lr_schedule": ("cosine", "linear", "constant"),
@@ -135,7 +137,7 @@ CHOICES = {
     "init": ("kaiming", "gaussian"),
 }
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
-            "code_eval_timeout_s")  # fmt: skip
+            "code_eval_timeout_s", "n_virtual_tokens")  # fmt: skip
 NON_NEGATIVE = (
     "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
     "patience", "top_k", "weight_decay", "max_grad_norm", "temperature", "max_new_tokens",

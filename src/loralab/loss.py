@@ -17,7 +17,7 @@ from loralab.data import IGNORE
 
 
 @functools.cache
-def _accepts(model_class: type, argument: str) -> bool:
+def accepts(model_class: type, argument: str) -> bool:
     return argument in inspect.signature(model_class.forward).parameters
 
 
@@ -28,10 +28,10 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     k = int(targets_per_row.max())
     width = labels.shape[1]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if _accepts(type(model), "position_ids"):
+    if accepts(type(model), "position_ids"):
         inputs["position_ids"] = batch["position_ids"]
     keep = min(k + 1, width)
-    if _accepts(type(model), "logits_to_keep"):
+    if accepts(type(model), "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep).logits
     else:
         logits = model(**inputs).logits[:, -keep:]

@@ -138,7 +138,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         log(
             f"code vocabulary: {len(vocab.tokens)} tokens added; {', '.join(vocab.modules_to_save)} train in full"
         )
-    model = method.prepare(model, config, vocab.modules_to_save if vocab else ())
+    model = method.prepare(model, config, vocab.modules_to_save if vocab else (), tokenizer)
     trainable, total = count_parameters(model)
     log(f"{config.method} on a {kind.name} model: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip

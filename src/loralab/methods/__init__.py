@@ -1,7 +1,8 @@
 """Adaptation methods: each says which parameters train and how its result is saved and loaded back.
 
 A method is a module with four functions over a loaded base model:
-    prepare(model, config) -> model        make the right parameters trainable (in place)
+    prepare(model, config, extra_modules, tokenizer) -> model
+                                            make the right parameters trainable (may wrap the model)
     save(model, directory, config)          write what training changed
     load(model, directory) -> model         put a saved result onto a fresh base model
     restore(model, directory) -> model      load saved weights into a model that prepare() adapted
@@ -12,9 +13,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from loralab.errors import UserError
-from loralab.methods import full, last_layers, lora
+from loralab.methods import full, last_layers, lora, prompt_tuning
 
-METHODS: dict[str, ModuleType] = {"lora": lora, "full": full, "last_layers": last_layers}
+METHODS: dict[str, ModuleType] = {
+    "lora": lora,
+    "full": full,
+    "last_layers": last_layers,
+    "prompt_tuning": prompt_tuning,
+}
 
 
 def get_method(name: str) -> ModuleType:

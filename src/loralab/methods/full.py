@@ -10,7 +10,9 @@ from loralab.config import RunConfig
 from loralab.methods.partial import load_trained, save_trained, unfreeze
 
 
-def prepare(model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = ()) -> nn.Module:
+def prepare(
+    model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = (), tokenizer=None
+) -> nn.Module:
     unfreeze(model, [""])
     return model
 

@@ -41,7 +41,9 @@ def output_head(model: nn.Module) -> list[str]:
     return names[:1]
 
 
-def prepare(model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = ()) -> nn.Module:
+def prepare(
+    model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = (), tokenizer=None
+) -> nn.Module:
     name, blocks = block_stack(model)
     if config.n_layers > len(blocks):
         raise UserError(f"n_layers is {config.n_layers} but the model has {len(blocks)} blocks in {name}")

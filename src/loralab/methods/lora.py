@@ -12,7 +12,9 @@ from loralab.lora import apply_lora, load_adapter, load_adapter_weights, save_ad
 from loralab.trainable import extra_modules_to_save
 
 
-def prepare(model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = ()) -> nn.Module:
+def prepare(
+    model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = (), tokenizer=None
+) -> nn.Module:
     """Apply LoRA; a classification head, the modules in `extra_modules` and (when asked) embeddings and
     layer norms train in full beside it."""
     lora = config.lora_config()
