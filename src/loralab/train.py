@@ -32,7 +32,9 @@ from loralab.report import (
     append_metrics,
     peak_memory_mb,
     plot_losses,
+    process_peak_memory_mb,
     read_metrics,
+    reset_peak_memory,
     write_json_atomically,
     write_lines_atomically,
 )
@@ -190,6 +192,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         note = " (base model)" if state.step == 0 else " (best)" if improved else ""
         log(f"step {state.step}: validation loss {val_loss:.4f}{note}")
 
+    reset_peak_memory(device)  # the peak of training (with its validations), not of loading the model
     if not resume:
         evaluate_and_checkpoint()  # step 0: the base model's validation loss, the start of the curve
     model.train()
@@ -233,6 +236,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         if state.batch_in_epoch == len(groups):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
+    train_peak_mb = peak_memory_mb(device)
 
     method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
     t0 = time.time()
@@ -256,7 +260,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100 * trainable / total,
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": train_peak_mb,
+        "process_peak_memory_mb": process_peak_memory_mb(device),
         "device": str(device),
         "train_time_s": state.train_time_s,
         "time_per_epoch_s": state.train_time_s / epochs_done if epochs_done else None,
@@ -269,6 +274,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         "test_eval_time_s": eval_time,
         "metrics": metrics,
     }
+    if hasattr(method, "summary"):
+        summary |= method.summary(model)
     write_json_atomically(out / "summary.json", summary)
     plot_losses(read_metrics(metrics_path), out / "loss_curve.png", f"{config.method} on {config.task}")
     return summary

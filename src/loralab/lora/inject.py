@@ -199,8 +199,10 @@ def lora_state_dict(model: nn.Module) -> dict:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; shared (tied) tensors count once."""
-    trainable = total = 0
+    """(trainable, total) parameter counts; shared (tied) tensors count once; a quantized weight (stored as
+    buffers) counts as the parameters it stands for."""
+    trainable = 0
+    total = sum(getattr(module, "quantized_numel", 0) for module in model.modules())
     for param in model.parameters():
         total += param.numel()
         if param.requires_grad:

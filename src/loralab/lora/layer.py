@@ -9,11 +9,16 @@ transformers' GPT-2 `Conv1D` (weight d_in×d_out, y = x·W + b). For a fused pro
 
 `merge()` folds scaling·B·A into W0 so evaluation costs nothing extra; `unmerge()` takes it out again.
 `eval()` merges and `train()` un-merges (nn.Module.eval() calls train(False), so both go through `train`).
+
+When the base layer is quantized (QLoRA's NF4Linear), eval() does not merge: folding ΔW into a 4-bit weight
+rounds it to the 4-bit grid. An explicit merge() still does, with a warning; to merge exactly, replace the
+quantized layers by dequantized copies first (loralab.methods.qlora.dequantize_base).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +91,10 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B)
 
     @property
+    def base_is_quantized(self) -> bool:
+        return getattr(self.base_layer, "quantized", False)
+
+    @property
     def weight(self) -> torch.Tensor:
         """The frozen base weight (some model code reads `layer.weight.dtype`)."""
         return self.base_layer.weight
@@ -120,7 +129,12 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged and self._merged_is_stale():
             self.unmerge()
-        if not self.training and not self.merged and not self._needs_lora_grad():
+        if (
+            not self.training
+            and not self.merged
+            and not self._needs_lora_grad()
+            and not self.base_is_quantized
+        ):
             self.merge()
         result = self.base_layer(x)
         if self.merged:
@@ -145,7 +159,7 @@ class LoRALinear(nn.Module):
         weights were edited in between (a later forward notices the edit and re-merges).
         """
         if not self.merged:
-            self.base_layer.weight.data += self.delta_weight().to(self.base_layer.weight.dtype)
+            self._add_to_base(self.delta_weight())
             self._merged_AB = (self.lora_A.detach().clone(), self.lora_B.detach().clone())
             self._merged_versions = (self.lora_A._version, self.lora_B._version)
             self.merged = True
@@ -154,17 +168,27 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         """W0 ← W0 − scaling·B·A (with the A, B that were merged). Does nothing when not merged."""
         if self.merged:
-            delta = self.delta_weight(*self._merged_AB)
-            self.base_layer.weight.data -= delta.to(self.base_layer.weight.dtype)
+            self._add_to_base(-self.delta_weight(*self._merged_AB))
             self._merged_AB = None
             self.merged = False
 
+    def _add_to_base(self, delta: torch.Tensor) -> None:
+        if self.base_is_quantized:
+            warnings.warn(
+                "merging LoRA into a 4-bit base weight re-quantizes it: the merged weight is rounded to the NF4 "
+                "grid; call loralab.methods.qlora.dequantize_base(model) first to merge into full precision",
+                stacklevel=3,
+            )
+            self.base_layer.set_weight(self.base_layer.weight + delta)
+        else:
+            self.base_layer.weight.data += delta.to(self.base_layer.weight.dtype)
+
     def train(self, mode: bool = True) -> LoRALinear:
-        """train() un-merges; eval() merges (nn.Module.eval() calls train(False))."""
+        """train() un-merges; eval() merges (nn.Module.eval() calls train(False)), unless the base is 4-bit."""
         super().train(mode)
         if mode:
             self.unmerge()
-        else:
+        elif not self.base_is_quantized:
             self.merge()
         return self
 

@@ -6,6 +6,7 @@ A method is a module with four functions over a loaded base model:
     save(model, directory, config)          write what training changed
     load(model, directory) -> model         put a saved result onto a fresh base model
     restore(model, directory) -> model      load saved weights into a model that prepare() adapted
+and optionally summary(model) -> dict       facts for summary.json (e.g. the bytes of a quantized base)
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from loralab.errors import UserError
-from loralab.methods import full, last_layers, lora, prompt_tuning
+from loralab.methods import full, last_layers, lora, prompt_tuning, qlora
 
 METHODS: dict[str, ModuleType] = {
     "lora": lora,
     "full": full,
     "last_layers": last_layers,
     "prompt_tuning": prompt_tuning,
+    "qlora": qlora,
 }
 
 
