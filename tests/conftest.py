@@ -17,3 +17,22 @@ def shared_data() -> Path:
     if not (path / "rotten_tomatoes").is_dir():
         pytest.fail(f"shared data not found at {path}; set LORALAB_DATA_DIR to ../shared/data")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory) -> Path:
+    """A tiny random 4-block Llama (hidden size 16) with the bundled SmolLM2 tokenizer: a local model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loralab.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

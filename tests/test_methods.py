@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import tiny_models
 from loralab.cli import main
@@ -12,28 +12,13 @@ from loralab.config import load_config
 from loralab.errors import UserError
 from loralab.lora import count_parameters
 from loralab.methods import full, last_layers, prompt_tuning
-from loralab.models import load_model_and_tokenizer, load_tokenizer
+from loralab.models import load_model_and_tokenizer
 
 
 @pytest.fixture(autouse=True)
 def offline_shared_data(monkeypatch, shared_data):
     monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_folder(tmp_path_factory):
-    """A tiny random 4-block Llama with the bundled SmolLM2 tokenizer: a complete local model folder."""
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def config_with(*overrides: str):

@@ -1,4 +1,4 @@
-"""Command line: loralab train | eval | generate | data stats.
+"""Command line: loralab train | eval | generate | compare | sweep | report | data stats.
 
 Bad input ends with one line on stderr ("loralab: error: ...") and exit code 2, never a traceback.
 """
@@ -63,6 +63,51 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("run_dir", nargs="?", help="a folder written by `loralab train`")
     generate.add_argument("--model", help="a bundled name, hub id or local folder instead of a run")
     generate.add_argument("--prompt", required=True, help="the text to continue")
+
+    compare = commands.add_parser(
+        "compare",
+        help="train several methods on the same data and budget, then write a report",
+        description="Run CONFIG once per method (same data, seed and budget), each in its own folder under "
+        "OUT_DIR_compare (or --out_dir), then write report.md and plots there. --key=value overrides apply "
+        "to all runs; --METHOD.key=value to one (e.g. --full.lr=5e-5). Run the same command again to reuse "
+        "finished runs and resume interrupted ones.",
+    )
+    compare.add_argument("config", help="TOML config file (see configs/)")
+    compare.add_argument(
+        "--methods", required=True, help="comma-separated, e.g. lora,full,last_layers,prompt_tuning,qlora"
+    )
+    compare.add_argument("--overwrite", action="store_true", help="retrain runs that exist already")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train a grid of settings (e.g. rank × lr), then write a report",
+        description="Run CONFIG for every combination of the --grid values, each in its own folder under "
+        "OUT_DIR_sweep (or --out_dir), then write report.md and plots there.",
+    )
+    sweep.add_argument("config", help="TOML config file (see configs/)")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="repeatable, e.g. --grid rank=8,16,32 --grid lr=1e-4,5e-4",
+    )
+    sweep.add_argument(
+        "--alpha-over-rank",
+        type=float,
+        default=0.0,
+        metavar="K",
+        help="set alpha = K × rank in every run (constant scaling)",
+    )
+    sweep.add_argument("--overwrite", action="store_true", help="retrain runs that exist already")
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild the comparison report from finished runs",
+        description="Write report.md and plots for RUN_DIRs (folders of loralab train / compare / sweep).",
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", default=None, help="folder for the report (default: the first run's parent)")
 
     data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -174,6 +219,43 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _bench(runs: list, overwrite: bool, title: str) -> int:
+    from loralab.bench import run_all
+    from loralab.bench_report import write_report
+
+    folders = run_all(runs, overwrite)
+    path = write_report(folders, folders[0].parent, title)
+    print("\n".join(line for line in path.read_text().splitlines() if line.startswith("|")))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.bench import compare_configs
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs = compare_configs(args.config, methods, overrides)
+    return _bench(runs, args.overwrite, f"Methods compared: {', '.join(methods)}")
+
+
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.bench import sweep_configs
+
+    runs = sweep_configs(args.config, args.grid, overrides, args.alpha_over_rank)
+    return _bench(runs, args.overwrite, f"Sweep over {' × '.join(g.split('=')[0] for g in args.grid)}")
+
+
+def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.bench_report import write_report
+
+    if overrides:
+        raise UserError(f"loralab report takes no overrides, got {' '.join(overrides)}")
+    folders = [Path(f) for f in args.run_dirs]
+    path = write_report(folders, Path(args.out) if args.out else folders[0].parent)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.data_stats import dataset_stats, format_stats
 
@@ -189,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [item for item in extra if not item.startswith("--") or "=" not in item]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like --key=value)")
-    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "data": cmd_data}
+    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
+                "sweep": cmd_sweep, "report": cmd_report, "data": cmd_data}  # fmt: skip
     try:
         return commands[args.command](args, extra)
     except UserError as exc:

@@ -27,6 +27,10 @@ LOADERS = {"python_codes_25k": load_python_codes_25k, "stdlib_docstrings": load_
 PASS_KS = (1, 10, 100)
 
 
+# test metrics for comparison reports (dotted: nested), the first is the main one
+REPORT_METRICS = ("bleu", "token_f1", "humaneval.pass@1", "mbpp.pass@1")
+
+
 def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
     """Rows {"question", "answer"} of one split and a line saying where they came from."""
     return LOADERS[config.dataset](split, config.data_path or None)

@@ -14,6 +14,10 @@ from loralab.sources import load_rotten_tomatoes
 SPLITS = ("train", "validation", "test")
 
 
+# test metrics for comparison reports (dotted: nested), the first is the main one
+REPORT_METRICS = ("accuracy", "f1", "invalid_rate")
+
+
 def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
     """Rows {"text", "label"} of one split and a line saying where they came from."""
     return load_rotten_tomatoes(split, config.data_path or None)

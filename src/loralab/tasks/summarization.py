@@ -11,6 +11,9 @@ from loralab.config import RunConfig
 from loralab.metrics import rouge
 from loralab.summarization_sources import clean_text, load_summarization
 
+# test metrics for comparison reports (dotted: nested), the first is the main one
+REPORT_METRICS = ("rouge1", "rouge2", "rougeL")
+
 
 def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
     """Rows {"document", "summary", "id"} of one split and a line saying where they came from."""

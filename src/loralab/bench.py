@@ -1,0 +1,150 @@
+"""Several runs from one config: `loralab compare` (one run per method) and `loralab sweep` (a grid of keys).
+
+Every run gets its own folder under a parent folder and the same data, seed and budget; only the compared
+keys differ. A run that already finished is reused and a run with a checkpoint is resumed, so an interrupted
+comparison continues when the same command is given again. A run that fails is recorded (error.json) and the
+others go on; the report shows it with its error.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from loralab.config import CHOICES, RunConfig, load_config
+from loralab.errors import UserError
+from loralab.report import write_json_atomically
+
+ERROR_FILE = "error.json"
+
+
+def log(message: str) -> None:
+    print(f"loralab: {message}", file=sys.stderr, flush=True)
+
+
+def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared overrides, and per-run ones written --NAME.key=value (e.g. --full.lr=5e-5)."""
+    shared: list[str] = []
+    own: dict[str, list[str]] = {name: [] for name in names}
+    for item in overrides:
+        key = item[2:].split("=", 1)[0]
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in own:
+            own[prefix].append(f"--{rest}={item.split('=', 1)[1]}")
+        elif dot:
+            raise UserError(
+                f"override {item!r} names {prefix!r}, which is not one of the runs: {', '.join(names)}"
+            )
+        else:
+            shared.append(item)
+    return shared, own
+
+
+def parent_folder(config_path: str, overrides: list[str], suffix: str) -> Path:
+    """--out_dir when given; else the config's out_dir with a suffix (runs/x_compare), apart from plain runs."""
+    out = Path(load_config(config_path, overrides).out_dir)
+    given = any(item.startswith(("--out_dir=", "--out-dir=")) for item in overrides)
+    return out if given else out.with_name(out.name + suffix)
+
+
+def compare_configs(
+    config_path: str, methods: list[str], overrides: list[str]
+) -> list[tuple[str, RunConfig]]:
+    """One config per method, all from the same file and overrides, in folders under the parent out_dir."""
+    unknown = [m for m in methods if m not in CHOICES["method"]]
+    if unknown or not methods:
+        raise UserError(f"--methods must list methods from {', '.join(CHOICES['method'])}, got {methods}")
+    shared, own = split_overrides(overrides, methods)
+    parent = parent_folder(config_path, shared, "_compare")
+    return [(m, load_config(config_path, [*shared, *own[m], f"--method={m}", f"--out_dir={parent / m}"]))
+            for m in methods]  # fmt: skip
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for item in items:
+        key, eq, values = item.partition("=")
+        parts = [v.strip() for v in values.split(",") if v.strip()]
+        if not eq or not key or not parts:
+            raise UserError(f"--grid {item!r} must look like key=value1,value2 (e.g. rank=8,16,32)")
+        grid.append((key.strip().replace("-", "_"), parts))
+    if len({key for key, _ in grid}) != len(grid):
+        raise UserError("each key may appear in one --grid only")
+    return grid
+
+
+def sweep_configs(config_path: str, grid_items: list[str], overrides: list[str],
+                  alpha_over_rank: float = 0.0) -> list[tuple[str, RunConfig]]:  # fmt: skip
+    """One config per point of the grid; with alpha_over_rank, alpha = that × rank (constant α/r scaling)."""
+    grid = parse_grid(grid_items)
+    if alpha_over_rank < 0:
+        raise UserError(f"--alpha-over-rank must be > 0, got {alpha_over_rank}")
+    if alpha_over_rank and any(key == "alpha" for key, _ in grid):
+        raise UserError("--alpha-over-rank sets alpha from rank; do not also put alpha in the grid")
+    parent = parent_folder(config_path, overrides, "_sweep")
+    configs = []
+    for values in itertools.product(*(vals for _, vals in grid)):
+        point = [f"--{key}={value}" for (key, _), value in zip(grid, values, strict=True)]
+        name = "_".join(f"{key}={value}" for (key, _), value in zip(grid, values, strict=True))
+        config = load_config(config_path, [*overrides, *point, f"--out_dir={parent / name}"])
+        if alpha_over_rank:
+            config = load_config(None, [f"--alpha={alpha_over_rank * config.rank}"], base=config)
+        configs.append((name, config))
+    return configs
+
+
+def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[Path]:
+    """Train each config in turn (reusing finished runs, resuming interrupted ones); return the run folders."""
+    from loralab.train import train
+
+    if not overwrite:
+        check_earlier_runs(runs)
+    folders = []
+    for i, (name, config) in enumerate(runs, 1):
+        out = Path(config.out_dir)
+        folders.append(out)
+        if (out / "summary.json").is_file() and not overwrite:
+            log(f"[{i}/{len(runs)}] {name}: finished earlier, reusing {out}")
+            continue
+        resume = (out / "checkpoint" / "state.json").is_file() and not overwrite
+        log(f"[{i}/{len(runs)}] {name}: {'resuming' if resume else 'training'} in {out}")
+        (out / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            train(config, resume=resume, overwrite=overwrite or not resume)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failing method must not sink the comparison
+            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(out / ERROR_FILE, {"name": name, "method": config.method, "error": message,
+                                                     "config": config.to_dict(),
+                                                     "traceback": traceback.format_exc()})  # fmt: skip
+            log(f"[{i}/{len(runs)}] {name} failed: {message}")
+        gc.collect()
+    return folders
+
+
+def check_earlier_runs(runs: list[tuple[str, RunConfig]]) -> None:
+    """Refuse (before anything trains) to reuse or resume a folder that holds a run with other settings."""
+    from loralab.train import RESUMABLE_CHANGES
+
+    for name, config in runs:
+        saved = Path(config.out_dir) / "config.json"
+        if saved.is_file():
+            earlier = json.loads(saved.read_text())
+            changed = sorted(k for k, v in config.to_dict().items()
+                             if earlier.get(k, v) != v and k not in RESUMABLE_CHANGES)  # fmt: skip
+            if changed:
+                raise UserError(
+                    f"{config.out_dir} holds a run of {name} with a different {', '.join(changed)}; "
+                    "pass --overwrite to replace it or choose another --out_dir"
+                )
+
+
+def read_error(folder: Path) -> dict | None:
+    path = folder / ERROR_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
