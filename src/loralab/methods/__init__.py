@@ -7,6 +7,9 @@ A method is a module with four functions over a loaded base model:
     load(model, directory) -> model         put a saved result onto a fresh base model
     restore(model, directory) -> model      load saved weights into a model that prepare() adapted
 and optionally summary(model) -> dict       facts for summary.json (e.g. the bytes of a quantized base)
+    build_model(config, device)             its own model and tokenizer instead of config.model (a student)
+    attach_teacher(config, rows, examples, out) -> examples     extra targets for training (teacher logits)
+    training_loss(config, kind) -> loss_sum                      the training loss, if not the kind's
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from loralab.errors import UserError
-from loralab.methods import full, last_layers, lora, prompt_tuning, qlora
+from loralab.methods import distill, full, last_layers, lora, prompt_tuning, qlora
 
 METHODS: dict[str, ModuleType] = {
     "lora": lora,
@@ -22,6 +25,7 @@ METHODS: dict[str, ModuleType] = {
     "last_layers": last_layers,
     "prompt_tuning": prompt_tuning,
     "qlora": qlora,
+    "distill": distill,
 }
 
 

@@ -15,7 +15,7 @@ SPLITS = ("train", "validation", "test")
 
 
 # test metrics for comparison reports (dotted: nested), the first is the main one
-REPORT_METRICS = ("accuracy", "f1", "invalid_rate")
+REPORT_METRICS = ("accuracy", "macro_f1", "invalid_rate")
 
 
 def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:

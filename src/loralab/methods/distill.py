@@ -1,0 +1,192 @@
+"""Knowledge distillation (Hinton et al. 2015): a small student learns from a teacher's class probabilities.
+
+    loss = a · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 − a) · cross-entropy(student, label)
+
+The teacher is a finished loralab run (e.g. the LoRA sentiment run: its class logits are the LM's logits of
+the label words' first tokens after the prompt, or a classifier run's head) or any model name. Its logits on
+the training examples are computed once and cached in the run folder (teacher_logits.safetensors). The student
+is a GRU or LSTM classifier (embedding → RNN → linear on the last hidden state, the reference setup that
+distilled GPT-2 into an RNN) over the tokenizer of `model`, or a smaller transformer named by `student`.
+With `distill_alpha = 0` the same student trains on the labels alone: the baseline distillation must beat.
+Validation loss is the plain cross-entropy in both cases, so the two are comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from loralab.atomic import write_atomically
+from loralab.config import RunConfig, config_from_dict, load_config
+from loralab.errors import UserError
+from loralab.methods.partial import load_trained, save_trained, unfreeze
+
+RNN_STUDENTS = ("gru", "lstm")
+CACHE_FILE = "teacher_logits.safetensors"
+
+
+class RNNForSequenceClassification(nn.Module):
+    """Token embedding → one-layer GRU/LSTM → linear layer on the hidden state after the last real token."""
+
+    def __init__(self, vocab_size: int, num_labels: int, cell: str = "gru", embedding_dim: int = 128,
+                 hidden_size: int = 256, pad_id: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        self.config = SimpleNamespace(
+            model_type=f"rnn-{cell}", is_encoder_decoder=False, num_labels=num_labels
+        )
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.rnn = (nn.GRU if cell == "gru" else nn.LSTM)(embedding_dim, hidden_size, batch_first=True)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_
+    ) -> SequenceClassifierOutput:
+        lengths = (
+            attention_mask.sum(1)
+            if attention_mask is not None
+            else torch.full_like(input_ids[:, 0], input_ids.shape[1])
+        )
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(input_ids), lengths.cpu().clamp_min(1),
+                                                   batch_first=True, enforce_sorted=False)  # fmt: skip
+        _, hidden = self.rnn(packed)
+        last = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]  # LSTM returns (h, c)
+        return SequenceClassifierOutput(logits=self.classifier(last))
+
+
+def build_model(config: RunConfig, device: torch.device) -> tuple[nn.Module, object]:
+    """The untrained student and its tokenizer."""
+    from loralab.models import load_model_and_tokenizer, load_tokenizer
+
+    if config.student not in RNN_STUDENTS:
+        return load_model_and_tokenizer(
+            config.student, device, kind="classifier", num_labels=len(config.label_words)
+        )
+    tokenizer = load_tokenizer(config.model)
+    torch.manual_seed(config.seed)
+    student = RNNForSequenceClassification(len(tokenizer), len(config.label_words), config.student,
+                                           config.student_embedding_dim, config.student_hidden_size,
+                                           tokenizer.pad_token_id or 0)  # fmt: skip
+    return student.to(device), tokenizer
+
+
+def distillation_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                          alpha: float, temperature: float) -> torch.Tensor:  # fmt: skip
+    """Summed over the batch: a·T²·KL(teacher_T ‖ student_T) + (1 − a)·CE (Hinton et al. 2015, eq. 2 and after)."""
+    ce = F.cross_entropy(student_logits.float(), labels, reduction="sum")
+    if alpha == 0 or teacher_logits is None:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
+                  log_target=True, reduction="sum")  # fmt: skip
+    return alpha * t * t * kl + (1 - alpha) * ce
+
+
+def training_loss(config: RunConfig, kind) -> callable:
+    def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = distillation_loss_sum(logits, batch.get("teacher_logits"), batch["labels"], config.distill_alpha,
+                                     config.distill_temperature)  # fmt: skip
+        return loss, int(batch["labels"].numel())
+
+    return loss_sum
+
+
+def _teacher_config(config: RunConfig) -> tuple[RunConfig, Path | None]:
+    folder = Path(config.teacher)
+    if (folder / "config.json").is_file():
+        if not (folder / "adapter").is_dir():
+            raise UserError(f"teacher run {folder} has no adapter/ yet; finish training it first")
+        teacher = config_from_dict(json.loads((folder / "config.json").read_text()))
+        return load_config(None, ["--device=" + config.device], base=teacher), folder
+    return load_config(None, [f"--model={config.teacher}", f"--task={config.task}", f"--device={config.device}",
+                              f"--max_length={config.max_length}"]), None  # fmt: skip
+
+
+@torch.no_grad()
+def compute_teacher_logits(config: RunConfig, rows: list[dict]) -> torch.Tensor:
+    """The teacher's class logits (N × classes) for `rows`, with the teacher's own prompt and tokenizer."""
+    from loralab.data import collate_inputs, collate_prompts, encode_prompt
+    from loralab.inference import load_for_inference
+    from loralab.models import model_kind
+    from loralab.tasks import get_task
+
+    teacher_config, run = _teacher_config(config)
+    if teacher_config.task != config.task:
+        raise UserError(f"the teacher was trained on {teacher_config.task}, the student on {config.task}")
+    task = get_task(config.task)
+    model, tokenizer, device, _ = load_for_inference(teacher_config, run)
+    kind = model_kind(model.model if hasattr(model, "prompt") else model)
+    if kind == "causal":  # the first token of each label word's answer, read after the prompt
+        ids = [tokenizer(task.answer(teacher_config, {"label": i}), add_special_tokens=False)["input_ids"][0]
+               for i in range(len(teacher_config.label_words))]  # fmt: skip
+        if len(set(ids)) != len(ids):
+            raise UserError(
+                "the teacher's label words start with the same token; it cannot give class logits"
+            )
+    elif kind != "classifier":
+        raise UserError(f"a {kind} teacher gives no class logits; use a causal LM or classifier run")
+    prompts = [encode_prompt(tokenizer, teacher_config.template, task.input_text(teacher_config, r),
+                             teacher_config.max_length) for r in rows]  # fmt: skip
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = torch.empty(len(prompts), len(teacher_config.label_words))
+    size = teacher_config.eval_batch_size
+    for start in tqdm(range(0, len(order), size), desc="teacher", unit="batch"):
+        rows_ = order[start : start + size]
+        if kind == "causal":
+            batch = collate_prompts([prompts[i] for i in rows_], tokenizer.pad_token_id)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -1, ids]
+        else:
+            batch = collate_inputs([prompts[i] for i in rows_], tokenizer.pad_token_id)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        out[rows_] = logits.float().cpu()
+    return out
+
+
+def attach_teacher(config: RunConfig, rows: list[dict], examples: list, out: Path) -> list:
+    """The training examples with the teacher's logits (cached in out/teacher_logits.safetensors)."""
+    import dataclasses
+
+    if config.distill_alpha == 0:
+        return examples
+    key = hashlib.sha256(json.dumps([config.teacher, rows], sort_keys=True).encode()).hexdigest()
+    cache = out / CACHE_FILE
+    logits = None
+    if cache.is_file():
+        saved = load_file(str(cache))
+        logits = saved.get(key[:32])
+    if logits is None:
+        logits = compute_teacher_logits(config, rows)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache, lambda p: save_file({key[:32]: logits.contiguous()}, p))
+    return [
+        dataclasses.replace(e, teacher_logits=tuple(row.tolist()))
+        for e, row in zip(examples, logits, strict=True)
+    ]
+
+
+def prepare(
+    model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = (), tokenizer=None
+) -> nn.Module:
+    unfreeze(model, [""])  # the student trains from scratch (or in full)
+    return model
+
+
+def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
+    save_trained(model, directory, "distill", config.student)
+
+
+def load(model: nn.Module, directory: Path) -> nn.Module:
+    return load_trained(model, directory)
+
+
+def restore(model: nn.Module, directory: Path) -> nn.Module:
+    return load_trained(model, directory)
