@@ -19,11 +19,12 @@ from loralab.tasks import get_task
 
 # the settings that matter for each method (the rest is shared by all runs of a comparison)
 METHOD_SETTINGS = {
-    "lora": ("rank", "alpha", "target_modules"),
-    "qlora": ("rank", "alpha", "target_modules", "nf4_double_quant"),
+    "lora": ("rank", "alpha", "target_modules", "lora_variant", "use_rslora"),
+    "qlora": ("rank", "alpha", "target_modules", "lora_variant", "nf4_double_quant"),
     "full": (),
     "last_layers": ("n_layers", "train_head", "train_embeddings", "train_layer_norms"),
     "prompt_tuning": ("n_virtual_tokens",),
+    "distill": ("student", "teacher", "distill_alpha", "distill_temperature"),
 }
 
 
@@ -56,7 +57,8 @@ def metric_value(metrics: dict, dotted: str) -> float | None:
 
 def _settings(config: dict) -> str:
     keys = METHOD_SETTINGS.get(config["method"], ())
-    parts = [f"{k}={config[k]}" for k in keys if k in config and config[k] not in ("", [], False)]
+    defaults = ("", [], False, "lora")  # lora_variant = "lora" is plain LoRA: not worth a mention
+    parts = [f"{k}={config[k]}" for k in keys if k in config and config[k] not in defaults]
     return ", ".join([*parts, f"lr={config['lr']:g}"])
 
 

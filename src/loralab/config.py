@@ -41,6 +41,7 @@ class RunConfig:
     bias: str = "none"  # none | all | lora_only
     init: str = "kaiming"  # kaiming | gaussian
     use_rslora: bool = False
+    lora_variant: str = "lora"  # lora | dora (Liu et al. 2024: trained magnitude × normalised direction)
     modules_to_save: list[str] = field(default_factory=list)
     qkv_parts: list[str] = field(default_factory=list)  # e.g. ["q", "v"] inside GPT-2's fused c_attn
     train_embeddings: bool = False  # also train the input embeddings in full (saved with the adapter)
@@ -102,6 +103,7 @@ class RunConfig:
             bias=self.bias,
             init=self.init,
             use_rslora=self.use_rslora,
+            use_dora=self.lora_variant == "dora",
             modules_to_save=tuple(self.modules_to_save),
             qkv_parts=tuple(self.qkv_parts) or None,
         )
@@ -141,6 +143,7 @@ CHOICES = {
     "code_eval": ("", "humaneval", "mbpp"),
     "lr_schedule": ("cosine", "linear", "constant"),
     "bias": ("none", "all", "lora_only"),
+    "lora_variant": ("lora", "dora"),
     "init": ("kaiming", "gaussian"),
 }
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",

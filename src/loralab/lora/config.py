@@ -25,6 +25,7 @@ class LoRAConfig:
     bias: which biases train: "none", "all" (every bias in the model) or "lora_only" (biases of adapted layers).
     init: how A starts: "kaiming" (kaiming-uniform, a=√5, as nn.Linear) or "gaussian" (N(0, 1/r)); B starts at 0.
     use_rslora: scale by alpha/√r instead of alpha/r.
+    use_dora: DoRA (Liu et al. 2024): a trained magnitude per output unit times the normalised W0 + ΔW.
     modules_to_save: extra modules (suffixes) trained in full beside LoRA, e.g. "lm_head" or "classifier".
     qkv_parts: for a fused q,k,v projection (GPT-2's c_attn), adapt only these parts, e.g. ("q", "v") as in the
         LoRA paper; None adapts the whole fused matrix.
@@ -37,6 +38,7 @@ class LoRAConfig:
     bias: str = "none"
     init: str = "kaiming"
     use_rslora: bool = False
+    use_dora: bool = False
     modules_to_save: tuple[str, ...] = field(default_factory=tuple)
     qkv_parts: tuple[str, ...] | None = None
 
@@ -77,6 +79,8 @@ def validate_lora_config(config: LoRAConfig) -> None:
             raise UserError('target_modules is empty; use "all-linear", a regex or a list of module names')
     elif not targets or not all(isinstance(t, str) and t for t in targets):
         raise UserError('target_modules must be "all-linear", a regex or a non-empty list of module names')
+    if config.use_dora and config.qkv_parts is not None:
+        raise UserError("DoRA adapts whole matrices; drop qkv_parts or use plain LoRA")
     if config.qkv_parts is not None:
         parts = config.qkv_parts
         if not parts or any(p not in QKV_PARTS for p in parts) or len(set(parts)) != len(parts):

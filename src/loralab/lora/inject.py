@@ -129,7 +129,14 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
         base = model.get_submodule(name)
         parts = _qkv_row_ranges(name, base, config.qkv_parts) if config.qkv_parts else None
         layer = LoRALinear(
-            base, config.r, config.alpha, config.dropout, config.init, config.use_rslora, parts
+            base,
+            config.r,
+            config.alpha,
+            config.dropout,
+            config.init,
+            config.use_rslora,
+            parts,
+            config.use_dora,
         )
         layer.train(model.training)
         _set_submodule(model, name, layer)
@@ -162,9 +169,9 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
-    """Freeze every parameter except lora_A / lora_B and, per `bias`, "all" biases or those of LoRA layers."""
+    """Freeze every parameter except lora_A / lora_B (and DoRA's magnitudes) and, per `bias`, "all" biases or those of LoRA layers."""
     for name, param in model.named_parameters():
-        param.requires_grad_("lora_A" in name.rsplit(".", 1)[-1] or "lora_B" in name.rsplit(".", 1)[-1])
+        param.requires_grad_(name.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "lora_magnitude_vector"))
     if bias == "all":
         for name, param in model.named_parameters():
             if name.endswith("bias"):

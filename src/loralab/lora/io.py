@@ -59,6 +59,8 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in lora_layers(model):
         tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.full_B().detach()
+        if layer.use_dora:
+            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector.detach()
     if config.bias != "none":  # peft's names: a LoRA layer's own bias stays under base_layer
         for name, param in model.named_parameters():
             if name.endswith("bias") and param.requires_grad:
@@ -98,7 +100,7 @@ def peft_config_dict(model: nn.Module, base_model_name: str | None = None) -> di
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "inference_mode": True,
-        "use_dora": False,
+        "use_dora": config.use_dora,
     }
 
 
@@ -131,8 +133,6 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
     peft = json.loads(path.read_text())
     if peft.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{path} holds a {peft.get('peft_type')} adapter; loralab loads LoRA adapters only")
-    if peft.get("use_dora"):
-        raise UserError(f"{path} is a DoRA adapter; loralab loads plain LoRA adapters")
     if peft.get("rank_pattern") or peft.get("alpha_pattern"):
         raise UserError(
             f"{path} uses per-module ranks (rank_pattern); loralab needs one rank for all modules"
@@ -146,6 +146,7 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
         bias=peft.get("bias", "none"),
         init="gaussian" if init == "gaussian" else "kaiming",
         use_rslora=bool(peft.get("use_rslora", False)),
+        use_dora=bool(peft.get("use_dora", False)),
         modules_to_save=tuple(peft.get("modules_to_save") or ()),
     )
 

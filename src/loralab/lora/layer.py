@@ -10,6 +10,10 @@ transformers' GPT-2 `Conv1D` (weight d_in×d_out, y = x·W + b). For a fused pro
 `merge()` folds scaling·B·A into W0 so evaluation costs nothing extra; `unmerge()` takes it out again.
 `eval()` merges and `train()` un-merges (nn.Module.eval() calls train(False), so both go through `train`).
 
+DoRA (Liu et al. 2024, `use_dora`) splits the adapted weight into a direction and a trained magnitude:
+W' = m · (W0 + ΔW) / ‖W0 + ΔW‖, the norm taken per output unit and treated as a constant in backward (as the
+paper's section 4.3 suggests); m starts at ‖W0‖ so the layer starts equal to the base.
+
 When the base layer is quantized (QLoRA's NF4Linear), eval() does not merge: folding ΔW into a 4-bit weight
 rounds it to the 4-bit grid. An explicit merge() still does, with a warning; to merge exactly, replace the
 quantized layers by dequantized copies first (loralab.methods.qlora.dequantize_base).
@@ -55,6 +59,7 @@ class LoRALinear(nn.Module):
         init: str = "kaiming",
         use_rslora: bool = False,
         parts: list[tuple[int, int]] | None = None,
+        use_dora: bool = False,
     ) -> None:
         super().__init__()
         if not is_linear(base_layer):
@@ -76,6 +81,13 @@ class LoRALinear(nn.Module):
         )
         self.lora_B = nn.Parameter(torch.zeros(rows, r, dtype=weight.dtype, device=weight.device))
         self.reset_lora_parameters(init)
+        self.use_dora = use_dora
+        if use_dora:
+            if self.parts is not None:
+                raise ValueError("DoRA adapts a whole matrix; it cannot be combined with qkv_parts")
+            with torch.no_grad():
+                norm = self._out_in(weight.detach()).float().norm(dim=1)
+            self.lora_magnitude_vector = nn.Parameter(norm.to(weight.dtype))
         self.merged = False
         self._merged_AB: tuple[torch.Tensor, torch.Tensor] | None = None
         self._merged_versions = (-1, -1)
@@ -126,6 +138,16 @@ class LoRALinear(nn.Module):
         delta = (self.full_B(B) @ A) * self.scaling
         return delta.T if self.fan_in_fan_out else delta
 
+    def _out_in(self, weight: torch.Tensor) -> torch.Tensor:
+        """A weight in d_out × d_in layout (Conv1D stores d_in × d_out)."""
+        return weight.T if self.fan_in_fan_out else weight
+
+    def dora_scale(self, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """m / ‖W0 + ΔW‖ per output unit, the norm detached (no gradient flows through it)."""
+        delta = self.delta_weight() if delta is None else delta
+        norm = self._out_in(self.base_layer.weight + delta.to(self.base_layer.weight.dtype)).norm(dim=1)
+        return self.lora_magnitude_vector / norm.detach()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged and self._merged_is_stale():
             self.unmerge()
@@ -141,15 +163,22 @@ class LoRALinear(nn.Module):
             return result
         lora_in = self.dropout(x.to(self.lora_A.dtype))
         update = F.linear(F.linear(lora_in, self.lora_A), self.full_B()) * self.scaling
+        if self.use_dora:  # m/‖W0+ΔW‖ · (W0·x + ΔW·x) + b
+            bias = self.bias if self.bias is not None else 0
+            scale = self.dora_scale().to(result.dtype)
+            return scale * (result - bias + update.to(result.dtype)) + bias
         return result + update.to(result.dtype)
 
     def _needs_lora_grad(self) -> bool:
-        return torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad)
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))
 
     def _merged_is_stale(self) -> bool:
         """True when A or B changed in place since the merge, or gradients must reach them."""
-        versions = (self.lora_A._version, self.lora_B._version)
-        return versions != self._merged_versions or self._needs_lora_grad()
+        return self._versions() != self._merged_versions or self._needs_lora_grad()
+
+    def _versions(self) -> tuple[int, ...]:
+        trained = [self.lora_A, self.lora_B] + ([self.lora_magnitude_vector] if self.use_dora else [])
+        return tuple(t._version for t in trained)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -159,18 +188,31 @@ class LoRALinear(nn.Module):
         weights were edited in between (a later forward notices the edit and re-merges).
         """
         if not self.merged:
-            self._add_to_base(self.delta_weight())
+            delta = self.delta_weight()
+            if self.use_dora:  # W ← s·(W0 + ΔW), i.e. add s·(W0 + ΔW) − W0
+                scale = self._dora_rows(self.dora_scale(delta))
+                delta = scale * (self.base_layer.weight + delta) - self.base_layer.weight
+                self._merged_scale = scale
+            self._add_to_base(delta)
             self._merged_AB = (self.lora_A.detach().clone(), self.lora_B.detach().clone())
-            self._merged_versions = (self.lora_A._version, self.lora_B._version)
+            self._merged_versions = self._versions()
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """W0 ← W0 − scaling·B·A (with the A, B that were merged). Does nothing when not merged."""
         if self.merged:
-            self._add_to_base(-self.delta_weight(*self._merged_AB))
+            delta = self.delta_weight(*self._merged_AB)
+            if self.use_dora:  # W0 = W / s − ΔW, so add (W / s − ΔW) − W
+                weight = self.base_layer.weight
+                delta = weight / self._merged_scale - delta - weight
+            self._add_to_base(-delta if not self.use_dora else delta)
             self._merged_AB = None
             self.merged = False
+
+    def _dora_rows(self, scale: torch.Tensor) -> torch.Tensor:
+        """A per-output-unit scale shaped to multiply the base weight in its own layout."""
+        return scale.detach()[None, :] if self.fan_in_fan_out else scale.detach()[:, None]
 
     def _add_to_base(self, delta: torch.Tensor) -> None:
         if self.base_is_quantized:
@@ -194,4 +236,5 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         parts = f", parts={self.parts}" if self.parts else ""
-        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}{parts}"
+        dora = ", dora" if self.use_dora else ""
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}{parts}{dora}"
