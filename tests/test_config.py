@@ -1,5 +1,7 @@
 """Config: TOML then --key=value overrides, type-checked, with one-line errors."""
 
+from pathlib import Path
+
 import pytest
 
 from loralab.config import RunConfig, load_config
@@ -61,3 +63,26 @@ def test_bad_config_is_a_one_line_user_error(tmp_path, toml, overrides, message)
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").rglob("*.toml")), ids=str)
+def test_every_shipped_config_loads(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_experiment_targets_select_what_the_reference_adapted():
+    import tiny_models
+    from loralab.lora import apply_lora
+
+    gpt2 = apply_lora(
+        tiny_models.make("gpt2"), load_config("configs/experiments/01_gpt2_sentiment_lora.toml").lora_config()
+    )
+    assert sorted(gpt2.lora_target_names) == [
+        f"transformer.h.{i}.attn.{m}" for i in (0, 1) for m in ("c_attn", "c_proj")
+    ]
+    t5 = apply_lora(
+        tiny_models.make("t5"), load_config("configs/experiments/02_t5_code_qa_lora.toml").lora_config()
+    )
+    assert sorted(t5.lora_target_names) == [
+        f"decoder.block.{i}.layer.0.SelfAttention.{m}" for i in (0, 1) for m in ("q", "v")
+    ]
