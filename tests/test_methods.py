@@ -186,3 +186,6 @@ def test_soft_prompt_bad_inputs_are_user_errors(tmp_path, tiny_llama_folder):
         )
     with pytest.raises(UserError, match="prompt-tuning run"):
         prompt_tuning.load(model, tmp_path)
+    classifier, _ = load_model_and_tokenizer(str(tiny_llama_folder), kind="classifier")
+    with pytest.raises(UserError, match="not a classification head"):
+        prompt_tuning.prepare(classifier, config_with("--method=prompt_tuning"), tokenizer=tokenizer)

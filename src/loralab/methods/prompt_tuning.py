@@ -102,6 +102,9 @@ def prepare(
     if extra_modules:
         raise UserError("prompt_tuning keeps the model frozen; it cannot train the code vocabulary's embeddings "
                         "(set code_vocab = false)")  # fmt: skip
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        raise UserError("prompt_tuning needs a language model (causal or seq2seq), not a classification head; "
+                        "use model_kind causal, or another method")  # fmt: skip
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     prompt = initial_prompt(model, config.n_virtual_tokens, config.prompt_init_text, tokenizer, config.seed)
