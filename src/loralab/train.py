@@ -42,7 +42,7 @@ from loralab.report import (
 from loralab.tasks import get_task
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
-             "loss_curve.png", "adapter", "checkpoint")  # fmt: skip
+             "loss_curve.png", "adapter", "checkpoint", "teacher_logits.safetensors")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size"}
 

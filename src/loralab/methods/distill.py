@@ -157,7 +157,12 @@ def attach_teacher(config: RunConfig, rows: list[dict], examples: list, out: Pat
 
     if config.distill_alpha == 0:
         return examples
-    key = hashlib.sha256(json.dumps([config.teacher, rows], sort_keys=True).encode()).hexdigest()
+    # the key changes with the examples and with the teacher's saved weights (a retrained teacher is new)
+    adapter = Path(config.teacher) / "adapter"
+    stamps = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in adapter.glob("*") if p.is_file()
+    )
+    key = hashlib.sha256(json.dumps([config.teacher, stamps, rows], sort_keys=True).encode()).hexdigest()
     cache = out / CACHE_FILE
     logits = None
     if cache.is_file():
