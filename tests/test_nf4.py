@@ -10,8 +10,8 @@ import tiny_models
 from loralab.cli import main
 from loralab.config import load_config
 from loralab.lora import LoRALinear, count_parameters
+from loralab.lora.nf4 import BLOCK_SIZE, LEVELS, NF4Linear, block_scales, dequantize, quantize
 from loralab.methods import lora, qlora
-from loralab.nf4 import BLOCK_SIZE, LEVELS, NF4Linear, block_scales, dequantize, quantize
 
 # Table of the 16 NF4 values as published with QLoRA (Dettmers et al. 2023, appendix E).
 PUBLISHED = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

@@ -1,7 +1,7 @@
 """QLoRA (Dettmers et al. 2023): LoRA on a base model whose targeted linear weights are stored in 4-bit NF4.
 
 The LoRA part is loralab's LoRA unchanged; every base layer LoRA wraps is replaced by an NF4Linear
-(loralab.nf4), dequantized on the fly in forward and backward, on CPU as on GPU. The adapter is saved in the
+(loralab.lora.nf4), dequantized on the fly in forward and backward, on CPU as on GPU. The adapter is saved in the
 usual peft layout, plus `quantization.json` so that evaluation rebuilds the same 4-bit base it trained on.
 Evaluation does not merge LoRA into the 4-bit weights (that would round ΔW to the NF4 grid);
 `dequantize_base` turns the base back into full precision for an exact merge.
@@ -19,8 +19,8 @@ from loralab.atomic import write_text_atomically
 from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.lora import LoRALinear, load_adapter
+from loralab.lora.nf4 import BLOCK_SIZE, NF4Linear, to_linear
 from loralab.methods import lora
-from loralab.nf4 import BLOCK_SIZE, NF4Linear, to_linear
 
 QUANT_FILE = "quantization.json"
 
