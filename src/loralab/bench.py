@@ -1,16 +1,17 @@
 """Several runs from one config: `loralab compare` (one run per method) and `loralab sweep` (a grid of keys).
 
 Every run gets its own folder under a parent folder and the same data, seed and budget; only the compared
-keys differ. A run that already finished is reused and a run with a checkpoint is resumed, so an interrupted
+keys differ. Each run trains in a fresh process, so its peak memory and time are its own (not what an earlier
+run left behind) and a crash (even one the OS kills for memory) stops only that run. A run that already finished is reused and a run with a checkpoint is resumed, so an interrupted
 comparison continues when the same command is given again. A run that fails is recorded (error.json) and the
 others go on; the report shows it with its error.
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
+import multiprocessing
 import sys
 import traceback
 from pathlib import Path
@@ -98,9 +99,8 @@ def sweep_configs(config_path: str, grid_items: list[str], overrides: list[str],
 
 
 def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[Path]:
-    """Train each config in turn (reusing finished runs, resuming interrupted ones); return the run folders."""
-    from loralab.train import train
-
+    """Train each config in turn, each in its own process (reusing finished runs, resuming interrupted ones);
+    return the run folders."""
     if not overwrite:
         check_earlier_runs(runs)
     folders = []
@@ -113,19 +113,44 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
         resume = (out / "checkpoint" / "state.json").is_file() and not overwrite
         log(f"[{i}/{len(runs)}] {name}: {'resuming' if resume else 'training'} in {out}")
         (out / ERROR_FILE).unlink(missing_ok=True)
+        process = multiprocessing.get_context("spawn").Process(
+            target=_train_one, args=(name, config.to_dict(), resume, overwrite or not resume)
+        )
+        process.start()
         try:
-            train(config, resume=resume, overwrite=overwrite or not resume)
+            process.join()
         except KeyboardInterrupt:
+            process.join()
             raise
-        except Exception as exc:  # one failing method must not sink the comparison
-            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-            out.mkdir(parents=True, exist_ok=True)
-            write_json_atomically(out / ERROR_FILE, {"name": name, "method": config.method, "error": message,
-                                                     "config": config.to_dict(),
-                                                     "traceback": traceback.format_exc()})  # fmt: skip
-            log(f"[{i}/{len(runs)}] {name} failed: {message}")
-        gc.collect()
+        if process.exitcode != 0 and read_error(out) is None:
+            how = f"signal {-process.exitcode}" if process.exitcode < 0 else f"exit code {process.exitcode}"
+            hint = " (killed: out of memory?)" if process.exitcode == -9 else ""
+            _record_failure(out, name, config, f"the run's process ended with {how}{hint}", "")
+        if read_error(out) is not None:
+            log(f"[{i}/{len(runs)}] {name} failed: {read_error(out)['error']}")
     return folders
+
+
+def _record_failure(out: Path, name: str, config: RunConfig, message: str, trace: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(out / ERROR_FILE, {"name": name, "method": config.method, "error": message,
+                                             "config": config.to_dict(), "traceback": trace})  # fmt: skip
+
+
+def _train_one(name: str, config_values: dict, resume: bool, overwrite: bool) -> None:
+    """The body of one run's process: train, or record why it failed (error.json) and exit with 1."""
+    from loralab.config import config_from_dict
+    from loralab.train import train
+
+    config = config_from_dict(config_values)
+    try:
+        train(config, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:  # one failing method must not sink the comparison
+        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        _record_failure(Path(config.out_dir), name, config, message, traceback.format_exc())
+        raise SystemExit(1) from None
 
 
 def check_earlier_runs(runs: list[tuple[str, RunConfig]]) -> None:

@@ -159,9 +159,9 @@ def write_report(folders: list[Path], out: Path, title: str = "Comparison") -> P
     used = tuple(k for k in task.REPORT_METRICS
                  if any(r["summary"] and metric_value(r["summary"]["metrics"], k) is not None for r in runs))  # fmt: skip
     lines = [f"# {title}", "", shared, "", table(runs, used or task.REPORT_METRICS[:1]), "",
-             "Peak memory: the process's peak resident set (CPU) or allocated memory (GPU) while training and "
-             "validating, the loaded model included (the peak of loading it is not counted). Runs of one comparison "
-             "share a process, so a later run's figure can carry some memory an earlier run left.", "",
+             "Peak memory: the peak resident set (CPU) or allocated memory (GPU) while training and validating, "
+             "the loaded model included (the peak of loading it is not counted). compare and sweep train each run "
+             "in its own process.", "",
              "![validation loss](val_loss.png)", "", "![training loss](train_loss.png)", "",
              "![costs and main metric](bars.png)", ""]  # fmt: skip
     path = out / "report.md"
