@@ -22,6 +22,12 @@ def offline_shared_data(monkeypatch, shared_data):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+def json_config(run):
+    from loralab.config import config_from_dict
+
+    return config_from_dict(json.loads((run / "config.json").read_text()))
+
+
 def test_loss_is_cross_entropy_plus_scaled_kl():
     student, teacher = torch.tensor([[2.0, -1.0], [0.5, 0.3]]), torch.tensor([[1.0, 0.0], [-2.0, 1.0]])
     labels = torch.tensor([0, 1])
@@ -69,6 +75,23 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
     capsys.readouterr()
     assert main(["eval", str(student)]) == 0  # the student is rebuilt from the config and its weights loaded
     assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
+
+    # the teacher's class logits in a padded batch equal those of each prompt run alone
+    from loralab.data import encode_prompt
+    from loralab.inference import load_for_inference
+    from loralab.methods.distill import compute_teacher_logits
+    from loralab.tasks.rotten_tomatoes import load_split
+
+    config = load_config(None, [f"--teacher={teacher}", "--method=distill"], base=load_config(DEMO, SMALL))
+    rows = load_split(config, "test")[0][:5]
+    batched = compute_teacher_logits(config, rows)
+    model, tokenizer, _, _ = load_for_inference(json_config(teacher), teacher)
+    label_ids = [tokenizer(" negative")["input_ids"][0], tokenizer(" positive")["input_ids"][0]]
+    for row, logits in zip(rows, batched, strict=True):
+        ids = encode_prompt(tokenizer, "Review: {text}\nSentiment:", row["text"], 64)
+        with torch.no_grad():
+            alone_logits = model(input_ids=torch.tensor([ids])).logits[0, -1, label_ids]
+        assert torch.allclose(logits, alone_logits, atol=1e-4)
 
     alone = tmp_path / "alone"
     assert main([*args[:4], f"--out_dir={alone}", *args[5:], "--distill_alpha=0"]) == 0

@@ -116,6 +116,7 @@ def compute_teacher_logits(config: RunConfig, rows: list[dict]) -> torch.Tensor:
     """The teacher's class logits (N × classes) for `rows`, with the teacher's own prompt and tokenizer."""
     from loralab.data import collate_inputs, collate_prompts, encode_prompt
     from loralab.inference import load_for_inference
+    from loralab.loss import accepts
     from loralab.models import model_kind
     from loralab.tasks import get_task
 
@@ -143,7 +144,10 @@ def compute_teacher_logits(config: RunConfig, rows: list[dict]) -> torch.Tensor:
         rows_ = order[start : start + size]
         if kind == "causal":
             batch = collate_prompts([prompts[i] for i in rows_], tokenizer.pad_token_id)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -1, ids]
+            keep = (
+                {"logits_to_keep": 1} if accepts(type(model), "logits_to_keep") else {}
+            )  # the LM head on one position
+            logits = model(**{k: v.to(device) for k, v in batch.items()}, **keep).logits[:, -1, ids]
         else:
             batch = collate_inputs([prompts[i] for i in rows_], tokenizer.pad_token_id)
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
