@@ -66,6 +66,12 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
             "--lr=1e-2", *SMALL]  # fmt: skip
     assert main(args) == 0
     summary = json.loads((student / "summary.json").read_text())
+    evals = [
+        json.loads(line)
+        for line in (student / "metrics.jsonl").read_text().splitlines()
+        if "val_loss" in line
+    ]
+    assert all(0 <= e["val_accuracy"] <= 1 for e in evals) and len(evals) == 2  # step 0 and step 2
     assert summary["model_kind"] == "classifier" and summary["trainable_params"] == summary["total_params"]
     vocab = 49152  # the SmolLM2 tokenizer of the tiny model: the student embeds the same tokens
     assert summary["total_params"] == vocab * 8 + 3 * (8 * 16 + 16 * 16 + 2 * 16) + 16 * 2 + 2

@@ -37,6 +37,21 @@ def validation_loss(model: torch.nn.Module, examples: list, batch_size: int, pad
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def validation_accuracy(model: torch.nn.Module, examples: list, batch_size: int, pad_id: int,
+                        device: torch.device, collate: Callable) -> float:  # fmt: skip
+    """Share of examples whose highest-scoring class is the label (classification heads)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        batch = _to(collate(examples[start : start + batch_size], pad_id), device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        correct += int((logits.argmax(dim=-1) == batch["labels"]).sum())
+    model.train(was_training)
+    return correct / max(len(examples), 1)
+
+
 def _generation_options(config: RunConfig, tokenizer) -> dict:
     options = {"max_new_tokens": config.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
                "num_beams": config.num_beams, "do_sample": config.temperature > 0}  # fmt: skip

@@ -23,7 +23,7 @@ from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_tem
 from loralab.config import RunConfig, config_from_dict
 from loralab.data import IGNORE, batch_order, random_subset
 from loralab.errors import UserError
-from loralab.evaluate import evaluate_task, validation_loss
+from loralab.evaluate import evaluate_task, validation_accuracy, validation_loss
 from loralab.inference import load_base
 from loralab.kinds import get_kind
 from loralab.lora import count_parameters
@@ -181,6 +181,10 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         t0 = time.time()
         val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device, kind.collate,
                                    kind.loss_sum)  # fmt: skip
+        record = {"step": state.step, "epoch": state.epoch, "val_loss": val_loss}
+        if not kind.generative:  # a classification head: its validation accuracy costs one more cheap pass
+            record["val_accuracy"] = validation_accuracy(model, val_set, config.eval_batch_size, pad_id, device,
+                                                         kind.collate)  # fmt: skip
         improved = val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
@@ -189,11 +193,13 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                 save_code_vocab(out / "adapter", vocab)
         else:
             state.evals_without_improvement += 1
-        append_metrics(metrics_path, {"step": state.step, "epoch": state.epoch, "val_loss": val_loss,
-                                      "best_val_loss": state.best_val_loss, "eval_time_s": time.time() - t0})  # fmt: skip
+        append_metrics(
+            metrics_path, record | {"best_val_loss": state.best_val_loss, "eval_time_s": time.time() - t0}
+        )
         save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
         note = " (base model)" if state.step == 0 else " (best)" if improved else ""
-        log(f"step {state.step}: validation loss {val_loss:.4f}{note}")
+        accuracy = f", accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
+        log(f"step {state.step}: validation loss {val_loss:.4f}{accuracy}{note}")
 
     reset_peak_memory(device)  # the peak of training (with its validations), not of loading the model
     if not resume:
