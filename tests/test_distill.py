@@ -118,3 +118,15 @@ def test_distill_bad_settings_are_user_errors(tmp_path, tiny_llama_folder, capsy
             f"--teacher={unfinished}", *SMALL]  # fmt: skip
     assert main(args) == 2
     assert "has no adapter/ yet" in capsys.readouterr().err
+
+
+def test_a_small_transformer_can_be_the_student(tmp_path, tiny_llama_folder, capsys):
+    out = tmp_path / "student"
+    args = ["train", DEMO, f"--out_dir={out}", "--method=distill", f"--student={tiny_llama_folder}",
+            "--distill_alpha=0", "--template={text}", "--lr=1e-2", *SMALL]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_kind"] == "classifier" and summary["trainable_params"] == summary["total_params"]
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0  # a fresh random head is replaced by the trained one
+    assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
