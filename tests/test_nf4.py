@@ -144,3 +144,25 @@ def test_qlora_trains_on_cpu_and_eval_rebuilds_the_same_4bit_base(tmp_path, tiny
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
     assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
+
+
+def test_qlora_lets_go_of_the_fp32_model_file(tmp_path, tiny_llama_folder):
+    """Weights loaded from safetensors can be views of the file's memory map; after quantization none may be,
+    or the fp32 file stays resident and QLoRA saves no memory."""
+    import gc
+    import shutil
+    from pathlib import Path
+
+    from loralab.models import load_model_and_tokenizer
+
+    def mapped(folder):
+        return str(folder) in Path("/proc/self/maps").read_text()
+
+    for method, still_mapped in ((lora, True), (qlora, False)):
+        folder = tmp_path / method.__name__.rsplit(".", 1)[-1]
+        shutil.copytree(tiny_llama_folder, folder)
+        model, tokenizer = load_model_and_tokenizer(str(folder))
+        model = method.prepare(model, qlora_config(), (), tokenizer)
+        gc.collect()
+        assert mapped(folder) == still_mapped
+        del model

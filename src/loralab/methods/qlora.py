@@ -13,6 +13,7 @@ import gc
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from loralab.atomic import write_text_atomically
@@ -35,8 +36,21 @@ def quantize_base(model: nn.Module, double_quant: bool = True) -> nn.Module:
         if isinstance(layer.base_layer, nn.Linear):
             layer.unmerge()  # a model in eval mode merged on wrapping: quantize the pure base weight
             layer.base_layer = NF4Linear(layer.base_layer, double_quant)
+    _own_storage(model)
     gc.collect()
     return model
+
+
+@torch.no_grad()
+def _own_storage(model: nn.Module) -> None:
+    """Copy the remaining weights into memory of their own. Weights loaded from safetensors can be views of
+    the file's memory map; while one of them is alive the whole map (fp32 weights included) stays resident."""
+    for parameter in model.parameters():
+        parameter.data = parameter.data.clone()
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None:
+                setattr(module, name, buffer.clone())
 
 
 def dequantize_base(model: nn.Module) -> nn.Module:
