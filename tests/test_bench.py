@@ -106,6 +106,14 @@ def test_compare_all_methods_reports_each_keeps_failures_and_reuses_runs(tmp_pat
     assert "| lora |" in rebuilt and "| full |" in rebuilt and "| qlora |" not in rebuilt
 
 
+def test_settings_show_zero_but_not_off_flags():
+    from loralab.bench_report import _settings
+
+    config = {"method": "last_layers", "n_layers": 0, "train_head": True, "train_embeddings": False,
+              "train_layer_norms": False, "lr": 5e-3}  # fmt: skip
+    assert _settings(config) == "n_layers=0, train_head=True, lr=0.005"
+
+
 def test_report_refuses_folders_that_are_not_runs(tmp_path):
     with pytest.raises(UserError, match="not a loralab run folder"):
         write_report([tmp_path], tmp_path)

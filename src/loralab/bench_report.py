@@ -57,8 +57,11 @@ def metric_value(metrics: dict, dotted: str) -> float | None:
 
 def _settings(config: dict) -> str:
     keys = METHOD_SETTINGS.get(config["method"], ())
-    defaults = ("", [], False, "lora")  # lora_variant = "lora" is plain LoRA: not worth a mention
-    parts = [f"{k}={config[k]}" for k in keys if k in config and config[k] not in defaults]
+
+    def worth_showing(value: object) -> bool:  # off flags, empty values and plain "lora" say nothing
+        return value is not False and value not in ("", [], "lora")
+
+    parts = [f"{k}={config[k]}" for k in keys if k in config and worth_showing(config[k])]
     return ", ".join([*parts, f"lr={config['lr']:g}"])
 
 
