@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,7 +91,7 @@ def distillation_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Te
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
-def training_loss(config: RunConfig, kind) -> callable:
+def training_loss(config: RunConfig, kind) -> Callable:
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = distillation_loss_sum(logits, batch.get("teacher_logits"), batch["labels"], config.distill_alpha,
