@@ -2,9 +2,10 @@
 
 Every run gets its own folder under a parent folder and the same data, seed and budget; only the compared
 keys differ. Each run trains in a fresh process, so its peak memory and time are its own (not what an earlier
-run left behind) and a crash (even one the OS kills for memory) stops only that run. A run that already finished is reused and a run with a checkpoint is resumed, so an interrupted
-comparison continues when the same command is given again. A run that fails is recorded (error.json) and the
-others go on; the report shows it with its error.
+run left behind) and a crash (even one the OS kills for memory) stops only that run. A run that already
+finished is reused and a run with a checkpoint is resumed, so an interrupted comparison continues when the
+same command is given again. A run that fails is recorded (error.json) and the others go on; the report shows
+it with its error.
 """
 
 from __future__ import annotations
