@@ -123,12 +123,14 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
         except KeyboardInterrupt:
             process.join()
             raise
-        if process.exitcode != 0 and read_error(out) is None:
+        error = read_error(out)
+        if process.exitcode != 0 and error is None:
             how = f"signal {-process.exitcode}" if process.exitcode < 0 else f"exit code {process.exitcode}"
             hint = " (killed: out of memory?)" if process.exitcode == -9 else ""
-            _record_failure(out, name, config, f"the run's process ended with {how}{hint}", "")
-        if read_error(out) is not None:
-            log(f"[{i}/{len(runs)}] {name} failed: {read_error(out)['error']}")
+            error = {"error": f"the run's process ended with {how}{hint}"}
+            _record_failure(out, name, config, error["error"], "")
+        if error is not None:
+            log(f"[{i}/{len(runs)}] {name} failed: {error['error']}")
     return folders
 
 

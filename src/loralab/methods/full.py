@@ -21,9 +21,5 @@ def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
     save_trained(model, directory, "full", config.model)
 
 
-def load(model: nn.Module, directory: Path) -> nn.Module:
-    return load_trained(model, directory)
-
-
-def restore(model: nn.Module, directory: Path) -> nn.Module:
-    return load_trained(model, directory)
+# a fresh base model and one this method prepared take the saved parameters the same way
+load = restore = load_trained
