@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from loralab.config import RunConfig
 from loralab.data import collate_inputs, collate_prompts, encode_prompt
+from loralab.loss import label_loss_sum
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -37,19 +38,13 @@ def validation_loss(model: torch.nn.Module, examples: list, batch_size: int, pad
     return total / max(count, 1)
 
 
-@torch.no_grad()
-def validation_accuracy(model: torch.nn.Module, examples: list, batch_size: int, pad_id: int,
-                        device: torch.device, collate: Callable) -> float:  # fmt: skip
-    """Share of examples whose highest-scoring class is the label (classification heads)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(examples), batch_size):
-        batch = _to(collate(examples[start : start + batch_size], pad_id), device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        correct += int((logits.argmax(dim=-1) == batch["labels"]).sum())
-    model.train(was_training)
-    return correct / max(len(examples), 1)
+def validation_loss_and_accuracy(model: torch.nn.Module, examples: list, batch_size: int, pad_id: int,
+                                 device: torch.device, collate: Callable) -> tuple[float, float]:  # fmt: skip
+    """Mean cross-entropy and share of correct top classes of a classification head, in one pass."""
+    correct: list[int] = []
+    loss = validation_loss(model, examples, batch_size, pad_id, device, collate,
+                           lambda m, batch: label_loss_sum(m, batch, correct))  # fmt: skip
+    return loss, sum(correct) / max(len(examples), 1)
 
 
 def _generation_options(config: RunConfig, tokenizer) -> dict:

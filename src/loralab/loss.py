@@ -58,8 +58,12 @@ def seq2seq_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     return loss, int((labels != IGNORE).sum())
 
 
-def label_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of cross-entropies, number of examples) for a classification batch from data.collate_labelled."""
+def label_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   correct: list[int] | None = None) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """(sum of cross-entropies, number of examples) for a classification batch from data.collate_labelled;
+    with `correct`, the number of rows whose top class is the label is appended to it (same forward pass)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    if correct is not None:
+        correct.append(int((logits.argmax(dim=-1) == batch["labels"]).sum()))
     return loss, int(batch["labels"].numel())

@@ -23,7 +23,7 @@ from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_tem
 from loralab.config import RunConfig, config_from_dict
 from loralab.data import IGNORE, batch_order, random_subset
 from loralab.errors import UserError
-from loralab.evaluate import evaluate_task, validation_accuracy, validation_loss
+from loralab.evaluate import evaluate_task, validation_loss, validation_loss_and_accuracy
 from loralab.inference import load_base
 from loralab.kinds import get_kind
 from loralab.lora import count_parameters
@@ -179,12 +179,19 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
 
     def evaluate_and_checkpoint() -> None:
         t0 = time.time()
-        val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device, kind.collate,
-                                   kind.loss_sum)  # fmt: skip
-        record = {"step": state.step, "epoch": state.epoch, "val_loss": val_loss}
-        if not kind.generative:  # a classification head: its validation accuracy costs one more cheap pass
-            record["val_accuracy"] = validation_accuracy(model, val_set, config.eval_batch_size, pad_id, device,
-                                                         kind.collate)  # fmt: skip
+        if kind.generative:
+            val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device, kind.collate,
+                                       kind.loss_sum)  # fmt: skip
+            record = {"step": state.step, "epoch": state.epoch, "val_loss": val_loss}
+        else:  # a classification head: its accuracy comes from the same forward passes
+            val_loss, accuracy = validation_loss_and_accuracy(model, val_set, config.eval_batch_size, pad_id,
+                                                              device, kind.collate)  # fmt: skip
+            record = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "val_loss": val_loss,
+                "val_accuracy": accuracy,
+            }
         improved = val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
