@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from loralab.lora.fused import fused_lora_linear
+
 
 def is_linear(module: nn.Module) -> bool:
     """True for the layer types LoRA can wrap."""
@@ -158,6 +160,10 @@ class LoRALinear(nn.Module):
             and not self.base_is_quantized
         ):
             self.merge()
+        if not self.merged and self._fusable(x):
+            weight = self.base_layer.weight
+            return fused_lora_linear(x, weight.T if self.fan_in_fan_out else weight, self.bias, self.lora_A,
+                                     self.full_B(), self.scaling)  # fmt: skip
         result = self.base_layer(x)
         if self.merged:
             return result
@@ -168,6 +174,20 @@ class LoRALinear(nn.Module):
             scale = self.dora_scale().to(result.dtype)
             return scale * (result - bias + update.to(result.dtype)) + bias
         return result + update.to(result.dtype)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """True when fused.py's single autograd function computes exactly this layer: plain LoRA, no dropout
+        to apply, a frozen unquantized base of the same dtype, no autocast."""
+        weight = self.base_layer.weight
+        return (
+            not self.use_dora
+            and (isinstance(self.dropout, nn.Identity) or not self.training)
+            and not self.base_is_quantized
+            and type(self.base_layer) in (nn.Linear, Conv1D)
+            and not weight.requires_grad
+            and x.dtype == weight.dtype == self.lora_A.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
     def _needs_lora_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))

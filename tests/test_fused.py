@@ -1,0 +1,120 @@
+"""The fused paths give what the plain composition gives: the LoRA autograd function (lora/fused.py) and the
+chunked LM-head cross-entropy (head_loss.py) behind answer_loss_sum."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+import tiny_models
+from loralab import LoRAConfig, LoRALinear, apply_lora
+from loralab.data import IGNORE, Encoded, collate
+from loralab.head_loss import linear_cross_entropy_sum
+from loralab.lora import lora_layers
+from loralab.lora.fused import fused_lora_linear
+from loralab.loss import answer_loss_sum, fused_head
+
+
+def reference(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
+    """W0·x + b + s·B·A·x written out with autograd's own ops."""
+    update = (x @ layer.lora_A.T) @ layer.full_B().T * layer.scaling
+    return layer.base_layer(x) + update
+
+
+def gradients(layer: LoRALinear, x: torch.Tensor, forward) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = forward(layer, x)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)  # a loss whose gradient differs per element
+    (out * weights).sum().backward()
+    trained = [p for p in layer.parameters() if p.requires_grad]
+    grads = [x.grad] + [p.grad.clone() for p in trained]
+    layer.zero_grad(set_to_none=True)
+    return [out.detach()] + grads
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("parts", [None, [(0, 6), (12, 18)]])
+@pytest.mark.parametrize("train_bias", [False, True])
+def test_fused_matches_composition(kind, parts, train_bias):
+    torch.manual_seed(0)
+    base = nn.Linear(12, 18) if kind == "linear" else Conv1D(18, 12)
+    nn.init.normal_(base.weight, std=0.2)
+    layer = LoRALinear(base, r=4, alpha=8, parts=parts)
+    base.weight.requires_grad_(False)
+    base.bias.requires_grad_(train_bias)
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.5)
+    x = torch.randn(3, 5, 12)
+    assert layer._fusable(x)
+    fused = gradients(layer, x, lambda m, v: m(v))
+    plain = gradients(layer, x, reference)
+    assert len(fused) == len(plain) == 4 + train_bias
+    for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_that_cannot_fuse_say_so():
+    base = nn.Linear(8, 8)
+    base.weight.requires_grad_(False)
+    x = torch.randn(2, 8)
+    assert not LoRALinear(base, r=2, alpha=4, dropout=0.1)._fusable(x)  # dropout needs its own mask
+    assert not LoRALinear(base, r=2, alpha=4, use_dora=True)._fusable(x)
+    assert not LoRALinear(base, r=2, alpha=4)._fusable(x.double())
+    base.weight.requires_grad_(True)  # a trained base weight needs its own gradient
+    assert not LoRALinear(base, r=2, alpha=4)._fusable(x)
+    with pytest.raises(ValueError, match="frozen"):
+        fused_lora_linear(x, base.weight, None, torch.zeros(2, 8), torch.zeros(8, 2), 1.0)
+
+
+@pytest.mark.parametrize("train_head", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1, 3, 0])
+def test_chunked_head_loss_matches_full_logits(train_head, chunk_rows):
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=train_head)
+    bias = torch.randn(50, requires_grad=train_head)
+    targets = torch.randint(0, 50, (7,))
+    got = linear_cross_entropy_sum(hidden, weight, bias, targets, chunk_rows)
+    want = F.cross_entropy(hidden @ weight.T + bias, targets, reduction="sum")
+    torch.testing.assert_close(got, want)
+    leaves = [hidden] + ([weight, bias] if train_head else [])
+    got_grads = torch.autograd.grad(got * 0.5, leaves)
+    want_grads = torch.autograd.grad(want * 0.5, leaves)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
+    with torch.no_grad():  # no gradients wanted: the loss alone
+        torch.testing.assert_close(linear_cross_entropy_sum(hidden, weight, bias, targets, chunk_rows), want)
+
+
+@pytest.mark.parametrize("make", [tiny_models.llama, tiny_models.gpt2, tiny_models.gpt_neo])
+@pytest.mark.parametrize("every_token", [False, True])
+def test_answer_loss_with_fused_head_equals_model_logits(make, every_token):
+    """The fused path (body + chunked head) gives the loss and LoRA gradients of the model's own logits."""
+    torch.manual_seed(0)
+    model = apply_lora(make(), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    model.train()
+    for module in model.modules():  # GPT-2's dropouts would make the two passes differ
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.1)
+    assert fused_head(model) is not None
+    examples = [Encoded(list(range(3, 3 + n)), n - (n - 1 if every_token else 3)) for n in (9, 14, 6)]
+    batch = collate(examples, pad_id=0)
+    loss, count = answer_loss_sum(model, batch)
+    assert count == sum(e.n_answer for e in examples)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits  # fmt: skip
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")  # fmt: skip
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for g, w in zip(torch.autograd.grad(loss, params), torch.autograd.grad(want, params), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_models_with_logit_softcapping_keep_the_models_own_head():
+    model = tiny_models.gemma3()
+    model.config.final_logit_softcapping = 30.0
+    assert fused_head(model) is None
