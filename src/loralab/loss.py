@@ -1,8 +1,10 @@
 """Summed cross-entropy over the answer tokens, computing logits only where there are targets.
 
-With left-padded batches the answer occupies the last K columns, so the model is asked for the last K+1
-positions' logits (`logits_to_keep`): the LM head, often a fifth of a small model's compute, runs on a few
-positions instead of all of them.
+For the decoder LMs whose logits are exactly `lm_head(body(...).last_hidden_state)` (FUSED_HEAD_MODELS), the
+body's hidden states at the positions that predict a target are gathered and handed to head_loss.py, which
+makes their logits a chunk at a time: the LM head, often a fifth of a small model's compute, runs only where
+there are targets and the vocabulary-size logits tensor never exists whole. Other models are asked for the
+last K+1 positions' logits (`logits_to_keep`): with left-padded batches the answer occupies the last K columns.
 """
 
 from __future__ import annotations
@@ -12,13 +14,30 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from loralab.data import IGNORE
+from loralab.head_loss import linear_cross_entropy_sum
+
+# model_type values whose causal-LM forward is body → lm_head with nothing in between (Gemma 3 only when it has
+# no final logit soft-capping, checked below).
+FUSED_HEAD_MODELS = {"llama", "gpt2", "gpt_neo", "gemma3_text", "mistral", "qwen2"}
 
 
 @functools.cache
 def accepts(model_class: type, argument: str) -> bool:
     return argument in inspect.signature(model_class.forward).parameters
+
+
+def fused_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's LM head when answer_loss_sum may apply it itself to the body's hidden states, else None."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, PreTrainedModel) or getattr(config, "model_type", None) not in FUSED_HEAD_MODELS:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or model.base_model is model:
+        return None
+    head = model.get_output_embeddings()
+    return head if type(head) is torch.nn.Linear else None
 
 
 def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -30,6 +49,16 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if accepts(type(model), "position_ids"):
         inputs["position_ids"] = batch["position_ids"]
+    if accepts(type(model), "use_cache"):
+        inputs["use_cache"] = False  # a training or validation pass has no use for a KV cache
+    head = fused_head(model)
+    if head is not None:
+        hidden = model.base_model(**inputs).last_hidden_state
+        predicts = labels[:, 1:] != IGNORE  # the hidden state at column c predicts the token at c + 1
+        loss = linear_cross_entropy_sum(
+            hidden[:, :-1][predicts], head.weight, head.bias, labels[:, 1:][predicts]
+        )
+        return loss, int(predicts.sum())
     keep = min(k + 1, width)
     if accepts(type(model), "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep).logits
@@ -40,7 +69,7 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     targets = labels[:, width - keep + 1 :]
     loss = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]).float(), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")  # fmt: skip
-    return loss, int(targets_per_row.sum())
+    return loss, int((targets != IGNORE).sum())
 
 
 def seq2seq_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
