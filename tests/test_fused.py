@@ -11,7 +11,7 @@ import tiny_models
 from loralab import LoRAConfig, LoRALinear, apply_lora
 from loralab.data import IGNORE, Encoded, collate
 from loralab.head_loss import linear_cross_entropy_sum
-from loralab.lora import lora_layers
+from loralab.lora import lora_layers, set_auto_merge
 from loralab.lora.fused import fused_lora_linear
 from loralab.loss import answer_loss_sum, fused_head
 
@@ -57,7 +57,9 @@ def test_fused_matches_composition(kind, parts, train_bias):
 def test_layers_that_cannot_fuse_say_so():
     base = nn.Linear(8, 8)
     base.weight.requires_grad_(False)
-    x = torch.randn(2, 8)
+    x = torch.randn(16, 8)
+    assert LoRALinear(base, r=2, alpha=4)._fusable(x)
+    assert not LoRALinear(base, r=2, alpha=4)._fusable(x[:2])  # too few tokens to pay for W + s·B·A
     assert not LoRALinear(base, r=2, alpha=4, dropout=0.1)._fusable(x)  # dropout needs its own mask
     assert not LoRALinear(base, r=2, alpha=4, use_dora=True)._fusable(x)
     assert not LoRALinear(base, r=2, alpha=4)._fusable(x.double())
@@ -118,3 +120,21 @@ def test_models_with_logit_softcapping_keep_the_models_own_head():
     model = tiny_models.gemma3()
     model.config.final_logit_softcapping = 30.0
     assert fused_head(model) is None
+
+
+def test_auto_merge_off_keeps_eval_unmerged_with_the_same_output():
+    model = apply_lora(tiny_models.llama(), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.1)
+    ids = torch.arange(3, 15).view(2, 6)
+    model.eval()
+    with torch.no_grad():
+        merged = model(input_ids=ids).logits
+    assert all(layer.merged for _, layer in lora_layers(model))
+    set_auto_merge(model, False)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+    assert not any(layer.merged for _, layer in lora_layers(model))
+    torch.testing.assert_close(unmerged, merged, rtol=1e-5, atol=1e-5)
+    set_auto_merge(model, True)  # back on in eval mode: merged again
+    assert all(layer.merged for _, layer in lora_layers(model))

@@ -10,6 +10,7 @@ from loralab.lora.inject import (
     lora_state_dict,
     mark_only_lora_as_trainable,
     merge_lora,
+    set_auto_merge,
     unmerge_lora,
 )
 from loralab.lora.io import load_adapter, load_adapter_weights, read_adapter_config, save_adapter
@@ -30,5 +31,6 @@ __all__ = [
     "merge_lora",
     "read_adapter_config",
     "save_adapter",
+    "set_auto_merge",
     "unmerge_lora",
 ]

@@ -190,6 +190,17 @@ def merge_lora(model: nn.Module) -> None:
         layer.merge()
 
 
+def set_auto_merge(model: nn.Module, enabled: bool) -> None:
+    """Whether eval() folds each LoRA update into its weight (the default) or keeps it separate; turning it off
+    also takes merged updates back out."""
+    for _, layer in lora_layers(model):
+        layer.auto_merge = enabled
+        if not enabled:
+            layer.unmerge()
+        elif not layer.training:
+            layer.train(False)
+
+
 def unmerge_lora(model: nn.Module) -> None:
     """Take every merged LoRA update back out of its weight (idempotent)."""
     for _, layer in lora_layers(model):

@@ -8,7 +8,10 @@ transformers' GPT-2 `Conv1D` (weight d_in×d_out, y = x·W + b). For a fused pro
 ΔW holds B_i·A_i in the rows of part i and zeros elsewhere.
 
 `merge()` folds scaling·B·A into W0 so evaluation costs nothing extra; `unmerge()` takes it out again.
-`eval()` merges and `train()` un-merges (nn.Module.eval() calls train(False), so both go through `train`).
+`eval()` merges and `train()` un-merges (nn.Module.eval() calls train(False), so both go through `train`),
+unless `auto_merge` is off (inject.set_auto_merge), which keeps the update separate in evaluation too.
+
+In training, a layer without dropout runs forward and backward as one autograd function (fused.py).
 
 DoRA (Liu et al. 2024, `use_dora`) splits the adapted weight into a direction and a trained magnitude:
 W' = m · (W0 + ΔW) / ‖W0 + ΔW‖, the norm taken per output unit and treated as a constant in backward (as the
@@ -91,6 +94,9 @@ class LoRALinear(nn.Module):
                 norm = self._out_in(weight.detach()).float().norm(dim=1)
             self.lora_magnitude_vector = nn.Parameter(norm.to(weight.dtype))
         self.merged = False
+        self.auto_merge = (
+            True  # eval() merges; False keeps the update separate (switching adapters, benchmarks)
+        )
         self._merged_AB: tuple[torch.Tensor, torch.Tensor] | None = None
         self._merged_versions = (-1, -1)
 
@@ -156,6 +162,7 @@ class LoRALinear(nn.Module):
         if (
             not self.training
             and not self.merged
+            and self.auto_merge
             and not self._needs_lora_grad()
             and not self.base_is_quantized
         ):
@@ -176,11 +183,15 @@ class LoRALinear(nn.Module):
         return result + update.to(result.dtype)
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        """True when fused.py's single autograd function computes exactly this layer: plain LoRA, no dropout
-        to apply, a frozen unquantized base of the same dtype, no autocast."""
+        """True when fused.py's single autograd function computes exactly this layer (plain LoRA, no dropout
+        to apply, a frozen unquantized base of the same dtype, no autocast) and pays: x has enough tokens n
+        that forming W + s·B·A (r·d_in·d_out) costs less than the thin path (n·r·(d_in + d_out)); one-token
+        decoding steps take the thin path."""
         weight = self.base_layer.weight
+        tokens = x.numel() // max(x.shape[-1], 1)
         return (
-            not self.use_dora
+            tokens * (self.d_in + self.d_out) >= self.d_in * self.d_out
+            and not self.use_dora
             and (isinstance(self.dropout, nn.Identity) or not self.training)
             and not self.base_is_quantized
             and type(self.base_layer) in (nn.Linear, Conv1D)
@@ -250,7 +261,7 @@ class LoRALinear(nn.Module):
         super().train(mode)
         if mode:
             self.unmerge()
-        elif not self.base_is_quantized:
+        elif self.auto_merge and not self.base_is_quantized:
             self.merge()
         return self
 
