@@ -71,6 +71,8 @@ class RunConfig:
     max_steps: int = 0  # optimizer steps; > 0 overrides epochs
     max_length: int = 256  # tokens per example; truncation cuts the prompt, never the answer
     group_by_length: bool = True  # batch similar lengths together (less padding)
+    packing: bool = False  # causal LMs: short examples share rows of max_length (no attention across them);
+    # batch_size then counts rows
     max_train_samples: int = 0  # 0 = all; otherwise a seeded random subset
     max_eval_samples: int = 0  # validation examples for the validation loss
     max_test_samples: int = 0  # test examples for the final metrics

@@ -174,6 +174,63 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Several examples laid end to end in one row (packing); none attends to another."""
+
+    examples: tuple[Encoded, ...]
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self.examples)
+
+
+def pack_examples(examples: list[Encoded], capacity: int, seed: int) -> list[Packed]:
+    """Examples in a seeded random order, each appended to the current row while the row stays within
+    `capacity` tokens, else starting a new row."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    rows: list[list[Encoded]] = []
+    used = capacity + 1
+    for i in order:
+        example = examples[i]
+        if used + len(example) > capacity:
+            rows.append([])
+            used = 0
+        rows[-1].append(example)
+        used += len(example)
+    return [Packed(tuple(row)) for row in rows]
+
+
+def collate_packed(
+    rows: list[Packed], pad_id: int, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Left-padded packed rows: position ids restart at 0 for every example, and a 4-D additive attention
+    mask (batch × 1 × width × width, 0 = attend, dtype's min = blocked) lets each token see only the earlier
+    tokens of its own example. A padding position sees itself, so no softmax row is empty."""
+    flat = [Encoded([t for e in row.examples for t in e.input_ids], 0) for row in rows]
+    batch = collate(flat, pad_id)
+    width = batch["input_ids"].shape[1]
+    labels = torch.full_like(batch["labels"], IGNORE)
+    positions = torch.zeros_like(batch["position_ids"])
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # example index per column; -1 = padding
+    for r, row in enumerate(rows):
+        column = width - len(row)
+        for k, example in enumerate(row.examples):
+            n = len(example)
+            positions[r, column : column + n] = torch.arange(n)
+            segment[r, column : column + n] = k
+            labels[r, column + example.n_prompt : column + n] = torch.tensor(
+                example.input_ids[example.n_prompt :]
+            )
+            column += n
+    same = segment[:, :, None] == segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = (same & causal & (segment[:, :, None] >= 0)) | torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return {"input_ids": batch["input_ids"], "attention_mask": mask[:, None], "position_ids": positions,
+            "labels": labels}  # fmt: skip
+
+
 def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad prompt ids for generation."""
     width = max(len(p) for p in prompts)

@@ -40,6 +40,22 @@ def fused_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     return head if type(head) is torch.nn.Linear else None
 
 
+def packing_problem(model: torch.nn.Module, max_length: int) -> str | None:
+    """Why packed rows (data.collate_packed: a 4-D block-diagonal mask) would not train this model exactly as
+    its examples alone, or None when they would."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, PreTrainedModel):  # e.g. prompt tuning's wrapper, which adds columns
+        return "packing needs the plain model; set packing = false for this method"
+    if getattr(config, "is_encoder_decoder", False) or not accepts(type(model), "position_ids"):
+        return "packing works for causal language models only; set packing = false for this model"
+    window = getattr(config, "sliding_window", None)
+    if window and window < max_length and getattr(config, "use_sliding_window", True):
+        return (f"this model's sliding window of {window} tokens is shorter than a packed row (max_length "
+                f"{max_length}): one mask cannot serve its full and sliding layers; lower max_length to {window} "
+                "or set packing = false")  # fmt: skip
+    return None
+
+
 def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of token losses, number of target tokens) for a left-padded batch from data.collate."""
     labels = batch["labels"]

@@ -7,6 +7,7 @@ checkpoint + best adapter → early stopping → test metrics by generation → 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -21,12 +22,13 @@ from tqdm.auto import tqdm
 from loralab.checkpoint import load_checkpoint, save_checkpoint
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, config_from_dict
-from loralab.data import IGNORE, batch_order, random_subset
+from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
 from loralab.errors import UserError
 from loralab.evaluate import evaluate_task, validation_loss, validation_loss_and_accuracy
 from loralab.inference import load_base
 from loralab.kinds import get_kind
 from loralab.lora import count_parameters
+from loralab.loss import packing_problem
 from loralab.methods import get_method
 from loralab.models import model_kind, resolve_device
 from loralab.report import (
@@ -155,6 +157,18 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     if hasattr(method, "attach_teacher"):  # distillation: the teacher's logits for every training example
         train_set = method.attach_teacher(config, rows["train"], train_set, out)
     train_loss_sum = method.training_loss(config, kind) if hasattr(method, "training_loss") else kind.loss_sum
+    collate_train = kind.collate
+    if config.packing:  # several examples per row, each attending only to itself
+        problem = packing_problem(model, config.max_length) if kind.name == "causal" else (
+            "packing works for causal language models only; set packing = false for this model")  # fmt: skip
+        if problem:
+            raise UserError(problem)
+        n_examples, dtype = len(train_set), next(model.parameters()).dtype
+        train_set = pack_examples(train_set, config.max_length, config.seed)
+        collate_train = functools.partial(collate_packed, dtype=dtype)
+        log(
+            f"packing: {n_examples:,} training examples in {len(train_set):,} rows of up to {config.max_length} tokens"
+        )
     lengths = [len(e) for e in train_set]
     micro_batches = math.ceil(len(train_set) / config.batch_size)
     steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
@@ -220,7 +234,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             t0 = time.time()
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * lr_factor(state.step, total_steps, warmup, config.lr_schedule)
-            micro = [kind.collate([train_set[i] for i in batch], pad_id) for batch in group]
+            micro = [collate_train([train_set[i] for i in batch], pad_id) for batch in group]
             n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)
             loss_total = 0.0
             for batch in micro:
@@ -283,7 +297,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         "time_per_epoch_s": state.train_time_s / epochs_done if epochs_done else None,
         "epochs_completed": epochs_done,
         "steps": state.step,
-        "train_examples": len(train_set),
+        "train_examples": len(rows["train"]),
         "best_val_loss": state.best_val_loss,
         "best_step": state.best_step,
         "stopped_early": state.stopped_early,
