@@ -1,0 +1,81 @@
+"""Inference latency of a LoRA model, merged and un-merged, against the base model alone (target P5).
+
+    python benchmarks/inference.py
+
+Setting: bundled SmolLM2-135M-Instruct, fp32, LoRA r=8, alpha=16 on q,k,v,o with a non-zero B (as after
+training). Two workloads under torch.inference_mode: a forward pass over 8 × 128 tokens (prefill), and greedy
+generation of 32 tokens with the KV cache from one Rotten Tomatoes prompt (decoding). "merged" folds B·A into
+the weights (what loralab's eval() does); "un-merged" keeps the update separate (set_auto_merge(model, False)).
+Rounds alternate between the three models, the order flipped every round; figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def trained_looking_lora(model):
+    """LoRA on q,k,v,o with B drawn at random (B = 0 would make the un-merged path's output trivial)."""
+    from loralab.lora import lora_layers
+
+    model = common.loralab_lora(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.01)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--new_tokens", type=int, default=32)
+    args = parser.parse_args()
+    from loralab.lora import set_auto_merge
+
+    base, tokenizer = common.base_model()
+    merged = trained_looking_lora(copy.deepcopy(base))
+    unmerged = trained_looking_lora(copy.deepcopy(base))
+    set_auto_merge(unmerged, False)
+    models = {"base": base, "merged": merged, "un-merged": unmerged}
+    for model in models.values():
+        model.eval()
+    batch = common.lm_batch(tokenizer)
+    row = common.review_rows("test")[0]
+    prompt = tokenizer(f"Review: {row['text']}\nSentiment:", return_tensors="pt")
+    with torch.inference_mode():
+        outputs = {name: model(input_ids=batch["input_ids"]).logits for name, model in models.items()}
+    drift = (outputs["merged"] - outputs["un-merged"]).abs().max().item()
+    change = (outputs["merged"] - outputs["base"]).abs().max().item()
+
+    def prefill(model) -> None:
+        with torch.inference_mode():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def decode(model) -> None:
+        with torch.inference_mode():
+            model.generate(**prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                           do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+
+    print(f"# {common.machine()}")
+    print(f"# max |logit| difference merged vs un-merged {drift:.2e}; LoRA vs base {change:.2e}")
+    print("| workload | base s | merged s | un-merged s | merged / base | un-merged / base |")
+    print("|---|---|---|---|---|---|")
+    for label, work in (("prefill 8 x 128", prefill), (f"decode 1 x {args.new_tokens} tokens", decode)):
+        times = common.alternate({name: lambda m=model, w=work: w(m) for name, model in models.items()},
+                                 args.repeats)  # fmt: skip
+        med = {name: common.median(t) for name, t in times.items()}
+        print(f"| {label} | {med['base']:.3f} | {med['merged']:.3f} | {med['un-merged']:.3f} | "
+              f"{med['merged'] / med['base']:.3f} | {med['un-merged'] / med['base']:.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
