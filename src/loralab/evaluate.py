@@ -22,7 +22,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {key: value.to(device) for key, value in batch.items()}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def validation_loss(model: torch.nn.Module, examples: list, batch_size: int, pad_id: int, device: torch.device,
                     collate: Callable, loss_sum: Callable) -> float:  # fmt: skip
     """Mean loss per target token (the model is put in eval mode, which merges LoRA)."""
@@ -57,7 +57,7 @@ def _generation_options(config: RunConfig, tokenizer) -> dict:
     return options
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _batched(model: torch.nn.Module, tokenizer, texts: list[str], config: RunConfig, template: str, desc: str,
              run_batch: Callable[[list[list[int]]], list[str]]) -> list[str]:  # fmt: skip
     """Encode every prompt, run `run_batch` on length-sorted batches, return outputs in the order given."""
