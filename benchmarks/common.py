@@ -159,12 +159,21 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """The machine's fp32 matmul rate (GFLOP/s, best of `repeats` size×size products)."""
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 matmul rate (GFLOP/s, best of `repeats` size×size products after a second of
+    warm-up)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+    start = time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
+
+
+def paired_ratios(times: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
+    """numerator / denominator round by round (the two ran back to back, so a drift of the machine's speed
+    cancels); quote their median."""
+    return [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
 
 
 def _timed(fn: Callable[[], object]) -> float:

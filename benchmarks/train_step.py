@@ -34,14 +34,17 @@ def speed(repeats: int, steps: int) -> None:
     make_step = {"loralab": common.loralab_step, "peft": common.peft_step}
     steppers = {name: make_step[name](models[name], optimizers[name]) for name in models}
     rate = common.matmul_gflops()
-    print(f"# {common.machine()}; fp32 matmul {rate:.0f} GFLOP/s (2048^3, best of 5)")
-    print("| target | labels | loralab s/step | peft s/step | ratio (peft/loralab) | loralab TFLOP | peft TFLOP "
-          "| loralab MFU | peft MFU | first loss loralab / peft |")  # fmt: skip
+    print(f"# {common.machine()}; fp32 matmul {rate:.0f} GFLOP/s (2048^3, best of 10)")
+    print("| target | labels | loralab s/step | peft s/step | speed-up (median of paired peft/loralab) | loralab TFLOP | peft TFLOP "
+          "| loralab MFU | peft MFU | loss at B = 0, loralab / peft |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
+    batches = {labels: make(tokenizer) for labels, make in BATCHES.items()}
+    with torch.no_grad():  # both start from the same base model (B = 0): the same loss
+        first = {
+            labels: {name: _loss(name, models[name], b) for name in models} for labels, b in batches.items()
+        }
     for target, labels in (("P1", "all"), ("P2", "answer")):
-        batch = BATCHES[labels](tokenizer)
-        with torch.no_grad():  # both start from the same base model (B = 0): same loss
-            first = {name: _loss(name, models[name], batch) for name in models}
+        batch = batches[labels]
         flops = {name: common.counted_flops(lambda n=name, b=batch: steppers[n](b)) for name in models}
 
         def run_steps(name: str, batch: dict = batch) -> None:
@@ -51,10 +54,11 @@ def speed(repeats: int, steps: int) -> None:
         times = common.alternate({name: lambda n=name: run_steps(n) for name in models}, repeats)
         per_step = {name: common.median(t) / steps for name, t in times.items()}
         mfu = {name: flops[name] / per_step[name] / (rate * 1e9) for name in models}
+        ratio = common.median(common.paired_ratios(times, "peft", "loralab"))
         print(f"| {target} | {labels} | {per_step['loralab']:.3f} | {per_step['peft']:.3f} | "
-              f"{per_step['peft'] / per_step['loralab']:.2f} | {flops['loralab'] / 1e12:.3f} | "
+              f"{ratio:.2f} | {flops['loralab'] / 1e12:.3f} | "
               f"{flops['peft'] / 1e12:.3f} | {mfu['loralab']:.0%} | {mfu['peft']:.0%} | "
-              f"{first['loralab']:.4f} / {first['peft']:.4f} |", flush=True)  # fmt: skip
+              f"{first[labels]['loralab']:.4f} / {first[labels]['peft']:.4f} |", flush=True)  # fmt: skip
         spread = {name: f"{min(t) / steps:.3f}-{max(t) / steps:.3f}" for name, t in times.items()}
         print(f"#   {target}: {repeats} rounds of {steps} steps each; per-step min-max {spread}")
 
@@ -110,8 +114,8 @@ def memory(repeats: int, steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["speed", "memory"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (memory: processes per side)")
-    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per round")
+    parser.add_argument("--repeats", type=int, default=8, help="timed rounds (memory: processes per side)")
+    parser.add_argument("--steps", type=int, default=1, help="optimizer steps per round")
     parser.add_argument("--side", choices=["loralab", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--labels", choices=list(BATCHES), default="all", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,7 +126,7 @@ def main() -> None:
     if args.only in (None, "speed"):
         speed(args.repeats, args.steps)
     if args.only in (None, "memory"):
-        memory(max(3, args.repeats // 2 + 1), args.steps)
+        memory(3, max(2, args.steps))  # 3 fresh processes per side and labels setting
 
 
 if __name__ == "__main__":

