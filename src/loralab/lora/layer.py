@@ -157,59 +157,72 @@ class LoRALinear(nn.Module):
         return self.lora_magnitude_vector / norm.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged and self._merged_is_stale():
+        # The checks run on every call (120 layers per token when decoding): plain dict lookups on purpose.
+        base = self._modules["base_layer"]
+        if self.merged:
+            if not self._merged_is_stale():
+                return base(x)
             self.unmerge()
         if (
             not self.training
-            and not self.merged
             and self.auto_merge
             and not self._needs_lora_grad()
             and not self.base_is_quantized
         ):
             self.merge()
-        if not self.merged and self._fusable(x):
-            weight = self.base_layer.weight
-            return fused_lora_linear(x, weight.T if self.fan_in_fan_out else weight, self.bias, self.lora_A,
-                                     self.full_B(), self.scaling)  # fmt: skip
-        result = self.base_layer(x)
-        if self.merged:
-            return result
-        lora_in = self.dropout(x.to(self.lora_A.dtype))
-        update = F.linear(F.linear(lora_in, self.lora_A), self.full_B()) * self.scaling
+            return base(x)
+        A = self._parameters["lora_A"]
+        if self._fusable(x):
+            weight = base.weight
+            return fused_lora_linear(x, weight.T if self.fan_in_fan_out else weight, self.bias, A, self.full_B(),
+                                     self.scaling)  # fmt: skip
+        result = base(x)
+        lora_in = x if self._no_dropout() and x.dtype == A.dtype else self.dropout(x.to(A.dtype))
+        if not self.use_dora and result.dtype == A.dtype:  # result + s·(x·Aᵀ)·Bᵀ in one addmm
+            low = F.linear(lora_in, A).reshape(-1, A.shape[0])
+            flat = result.reshape(-1, result.shape[-1])
+            if torch.is_grad_enabled():
+                return torch.addmm(flat, low, self.full_B().T, alpha=self.scaling).view(result.shape)
+            return flat.addmm_(low, self.full_B().T, alpha=self.scaling).view(result.shape)
+        update = F.linear(F.linear(lora_in, A), self.full_B()) * self.scaling
         if self.use_dora:  # m/‖W0+ΔW‖ · (W0·x + ΔW·x) + b
             bias = self.bias if self.bias is not None else 0
             scale = self.dora_scale().to(result.dtype)
             return scale * (result - bias + update.to(result.dtype)) + bias
         return result + update.to(result.dtype)
 
+    def _no_dropout(self) -> bool:
+        return not self.training or type(self._modules["dropout"]) is nn.Identity
+
     def _fusable(self, x: torch.Tensor) -> bool:
         """True when fused.py's single autograd function computes exactly this layer (plain LoRA, no dropout
         to apply, a frozen unquantized base of the same dtype, no autocast) and pays: x has enough tokens n
         that forming W + s·B·A (r·d_in·d_out) costs less than the thin path (n·r·(d_in + d_out)); one-token
         decoding steps take the thin path."""
-        weight = self.base_layer.weight
         tokens = x.numel() // max(x.shape[-1], 1)
+        if (
+            tokens * (self.d_in + self.d_out) < self.d_in * self.d_out
+            or self.use_dora
+            or not self._no_dropout()
+        ):
+            return False
+        base = self._modules["base_layer"]
         return (
-            tokens * (self.d_in + self.d_out) >= self.d_in * self.d_out
-            and not self.use_dora
-            and (isinstance(self.dropout, nn.Identity) or not self.training)
-            and not self.base_is_quantized
-            and type(self.base_layer) in (nn.Linear, Conv1D)
-            and not weight.requires_grad
-            and x.dtype == weight.dtype == self.lora_A.dtype
+            type(base) in (nn.Linear, Conv1D)
+            and not base.weight.requires_grad
+            and x.dtype == base.weight.dtype == self._parameters["lora_A"].dtype
             and not torch.is_autocast_enabled(x.device.type)
         )
 
     def _needs_lora_grad(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self._parameters.values())
 
     def _merged_is_stale(self) -> bool:
         """True when A or B changed in place since the merge, or gradients must reach them."""
         return self._versions() != self._merged_versions or self._needs_lora_grad()
 
     def _versions(self) -> tuple[int, ...]:
-        trained = [self.lora_A, self.lora_B] + ([self.lora_magnitude_vector] if self.use_dora else [])
-        return tuple(t._version for t in trained)
+        return tuple(t._version for t in self._parameters.values())
 
     @torch.no_grad()
     def merge(self) -> None:
