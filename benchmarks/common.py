@@ -107,12 +107,14 @@ def _batch(input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Ten
             "labels": labels}  # fmt: skip
 
 
-def loralab_step(model, optimizer) -> Callable[[dict], float]:
+def loralab_step(model, optimizer, loss_sum_fn: Callable | None = None) -> Callable[[dict], float]:
     """One optimizer step of loralab's training loop (its loss path: logits only where there are targets)."""
     from loralab.loss import answer_loss_sum
 
+    loss_fn = loss_sum_fn or answer_loss_sum
+
     def step(batch: dict) -> float:
-        loss_sum, n = answer_loss_sum(model, batch)
+        loss_sum, n = loss_fn(model, batch)
         (loss_sum / n).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

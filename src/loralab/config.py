@@ -73,6 +73,14 @@ class RunConfig:
     group_by_length: bool = True  # batch similar lengths together (less padding)
     packing: bool = False  # causal LMs: short examples share rows of max_length (no attention across them);
     # batch_size then counts rows
+    # speed and memory options (measured trade-offs in BENCHMARKS.md)
+    gradient_checkpointing: bool = (
+        False  # recompute each block's activations in backward: less memory, more time
+    )
+    compile: bool = (
+        False  # torch.compile the model body (minutes of compiling first; needs a C++ compiler on CPU)
+    )
+    autocast: str = "none"  # none | bf16 (CPU: fast only where it has bf16 units, e.g. AMX or AVX512-BF16)
     max_train_samples: int = 0  # 0 = all; otherwise a seeded random subset
     max_eval_samples: int = 0  # validation examples for the validation loss
     max_test_samples: int = 0  # test examples for the final metrics
@@ -147,6 +155,7 @@ CHOICES = {
     "bias": ("none", "all", "lora_only"),
     "lora_variant": ("lora", "dora"),
     "init": ("kaiming", "gaussian"),
+    "autocast": ("none", "bf16"),
 }
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
             "code_eval_timeout_s", "n_virtual_tokens", "student_embedding_dim", "student_hidden_size",

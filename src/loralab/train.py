@@ -41,12 +41,14 @@ from loralab.report import (
     write_json_atomically,
     write_lines_atomically,
 )
+from loralab.speed import apply_speed_options, autocast_context, compiled_loss
 from loralab.tasks import get_task
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
              "loss_curve.png", "adapter", "checkpoint", "teacher_logits.safetensors")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
-RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
+                     "gradient_checkpointing", "compile"}  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -143,6 +145,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             f"code vocabulary: {len(vocab.tokens)} tokens added; {', '.join(vocab.modules_to_save)} train in full"
         )
     model = method.prepare(model, config, vocab.modules_to_save if vocab else (), tokenizer)
+    for note in apply_speed_options(model, config):
+        log(note)
     trainable, total = count_parameters(model)
     log(f"{config.method} on a {kind.name} model: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
@@ -157,6 +161,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     if hasattr(method, "attach_teacher"):  # distillation: the teacher's logits for every training example
         train_set = method.attach_teacher(config, rows["train"], train_set, out)
     train_loss_sum = method.training_loss(config, kind) if hasattr(method, "training_loss") else kind.loss_sum
+    train_loss_sum = compiled_loss(train_loss_sum, config)
     collate_train = kind.collate
     if config.packing:  # several examples per row, each attending only to itself
         problem = packing_problem(model, config.max_length) if kind.name == "causal" else (
@@ -238,7 +243,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)
             loss_total = 0.0
             for batch in micro:
-                loss_sum, _ = train_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                with autocast_context(config, device):
+                    loss_sum, _ = train_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
                 (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
                 loss_total += loss_sum.item()
             if config.max_grad_norm > 0:

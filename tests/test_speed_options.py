@@ -1,6 +1,8 @@
-"""Packing: several examples in one row give the same losses and gradients as each example in a row alone."""
+"""Packing (several examples in one row give the same losses and gradients as each alone) and the other speed
+options of a run: gradient checkpointing, bf16 autocast."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -98,3 +100,37 @@ def test_packing_a_classifier_is_a_clear_error(tmp_path, tiny_llama_folder, shar
             "--model_kind=classifier", *SMALL]  # fmt: skip
     assert main(args) == 2
     assert "packing works for causal language models only" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(
+    tmp_path, tiny_llama_folder, shared_data, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
+    adapters = []
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        args = ["train", DEMO, f"--model={tiny_llama_folder}", f"--out_dir={out}", *SMALL,
+                f"--gradient_checkpointing={flag}"]  # fmt: skip
+        assert main(args) == 0
+        adapters.append(load_file(out / "adapter" / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys()
+    for key in adapters[0]:
+        torch.testing.assert_close(adapters[1][key], adapters[0][key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_trains_and_says_when_the_cpu_lacks_bf16(tmp_path, tiny_llama_folder, shared_data, capsys,
+                                                               monkeypatch):  # fmt: skip
+    from loralab.speed import bf16_is_native
+
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
+    out = tmp_path / "bf16"
+    args = ["train", DEMO, f"--model={tiny_llama_folder}", f"--out_dir={out}", *SMALL, "--autocast=bf16"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["best_val_loss"] < 20
+    slow = [w for w in caught if "autocast = bf16 on a CPU without bf16 units" in str(w.message)]
+    assert bool(slow) == (not bf16_is_native(torch.device("cpu")))
