@@ -44,9 +44,13 @@ def base_model(name: str = "smollm2-135m"):
 
 
 def loralab_lora(model, r: int = 8, alpha: float = 16.0, targets: list[str] = TARGETS):
+    """LoRA as `loralab train` sets it up: the adapter, and the lean gated MLP of swiglu.py."""
     from loralab.lora import LoRAConfig, apply_lora
+    from loralab.swiglu import use_lean_swiglu
 
-    return apply_lora(model, LoRAConfig(r=r, alpha=alpha, dropout=0.0, target_modules=targets))
+    model = apply_lora(model, LoRAConfig(r=r, alpha=alpha, dropout=0.0, target_modules=targets))
+    use_lean_swiglu(model)
+    return model
 
 
 def peft_lora(model, r: int = 8, alpha: float = 16.0, targets: list[str] = TARGETS):

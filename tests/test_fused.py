@@ -1,5 +1,5 @@
 """The fused paths give what the plain composition gives: the LoRA autograd function (lora/fused.py) and the
-chunked LM-head cross-entropy (head_loss.py) behind answer_loss_sum."""
+chunked LM-head cross-entropy (head_loss.py) behind answer_loss_sum, and the lean gated MLP (swiglu.py)."""
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ from loralab.head_loss import linear_cross_entropy_sum
 from loralab.lora import lora_layers, set_auto_merge
 from loralab.lora.fused import fused_lora_linear
 from loralab.loss import answer_loss_sum, fused_head
+from loralab.swiglu import use_lean_swiglu
 
 
 def reference(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,9 @@ def test_chunked_head_loss_matches_full_logits(train_head, chunk_rows):
         torch.testing.assert_close(linear_cross_entropy_sum(hidden, weight, bias, targets, chunk_rows), want)
 
 
-@pytest.mark.parametrize("make", [tiny_models.llama, tiny_models.gpt2, tiny_models.gpt_neo])
+@pytest.mark.parametrize(
+    "make", [tiny_models.llama, tiny_models.gemma3, tiny_models.gpt2, tiny_models.gpt_neo]
+)
 @pytest.mark.parametrize("every_token", [False, True])
 def test_answer_loss_with_fused_head_equals_model_logits(make, every_token):
     """The fused path (body + chunked head) gives the loss and LoRA gradients of the model's own logits."""
@@ -138,3 +141,42 @@ def test_auto_merge_off_keeps_eval_unmerged_with_the_same_output():
     torch.testing.assert_close(unmerged, merged, rtol=1e-5, atol=1e-5)
     set_auto_merge(model, True)  # back on in eval mode: merged again
     assert all(layer.merged for _, layer in lora_layers(model))
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while `fn` runs (parameters excluded)."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        if not isinstance(tensor, nn.Parameter):
+            total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_lean_swiglu_gives_the_same_gradients_and_keeps_less():
+    def run(lean: bool):
+        torch.manual_seed(0)
+        model = apply_lora(tiny_models.llama(), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+        model.train()
+        for _, layer in lora_layers(model):
+            torch.nn.init.normal_(layer.lora_B, std=0.1)
+        if lean:
+            assert use_lean_swiglu(model) == len(model.model.layers)
+        ids = torch.arange(3, 27).view(2, 12)
+        out = {}
+        out["kept"] = saved_bytes(lambda: out.setdefault("loss", model(input_ids=ids).logits.square().mean()))
+        params = [p for p in model.parameters() if p.requires_grad]
+        return out["loss"], torch.autograd.grad(out["loss"], params), out["kept"]
+
+    loss, grads, kept = run(False)
+    lean_loss, lean_grads, lean_kept = run(True)
+    torch.testing.assert_close(lean_loss, loss)
+    for g, w in zip(lean_grads, grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert lean_kept < kept
+    assert use_lean_swiglu(tiny_models.gpt2()) == 0  # no gated SiLU MLP there: left alone

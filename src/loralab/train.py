@@ -42,6 +42,7 @@ from loralab.report import (
     write_lines_atomically,
 )
 from loralab.speed import apply_speed_options, autocast_context, compiled_loss
+from loralab.swiglu import use_lean_swiglu
 from loralab.tasks import get_task
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
@@ -147,6 +148,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     model = method.prepare(model, config, vocab.modules_to_save if vocab else (), tokenizer)
     for note in apply_speed_options(model, config):
         log(note)
+    use_lean_swiglu(model)  # exact; a third less MLP activation memory in training
     trainable, total = count_parameters(model)
     log(f"{config.method} on a {kind.name} model: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
