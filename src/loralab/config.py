@@ -74,12 +74,8 @@ class RunConfig:
     packing: bool = False  # causal LMs: short examples share rows of max_length (no attention across them);
     # batch_size then counts rows
     # speed and memory options (measured trade-offs in BENCHMARKS.md)
-    gradient_checkpointing: bool = (
-        False  # recompute each block's activations in backward: less memory, more time
-    )
-    compile: bool = (
-        False  # torch.compile the model body (minutes of compiling first; needs a C++ compiler on CPU)
-    )
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    compile: bool = False  # torch.compile the training loss pass (minutes first; a C++ compiler on CPU)
     autocast: str = "none"  # none | bf16 (CPU: fast only where it has bf16 units, e.g. AMX or AVX512-BF16)
     max_train_samples: int = 0  # 0 = all; otherwise a seeded random subset
     max_eval_samples: int = 0  # validation examples for the validation loss
