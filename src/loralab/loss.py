@@ -40,13 +40,17 @@ def fused_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     return head if type(head) is torch.nn.Linear else None
 
 
-def packing_problem(model: torch.nn.Module, max_length: int) -> str | None:
-    """Why packed rows (data.collate_packed: a 4-D block-diagonal mask) would not train this model exactly as
-    its examples alone, or None when they would."""
+def packing_problem(model: torch.nn.Module, max_length: int, kind: str = "causal") -> str | None:
+    """Why packed rows (data.collate_packed: a 4-D block-diagonal mask) would not train this model of `kind`
+    (kinds.py) exactly as its examples alone, or None when they would."""
     config = getattr(model, "config", None)
     if not isinstance(model, PreTrainedModel):  # e.g. prompt tuning's wrapper, which adds columns
         return "packing needs the plain model; set packing = false for this method"
-    if getattr(config, "is_encoder_decoder", False) or not accepts(type(model), "position_ids"):
+    if (
+        kind != "causal"
+        or getattr(config, "is_encoder_decoder", False)
+        or not accepts(type(model), "position_ids")
+    ):
         return "packing works for causal language models only; set packing = false for this model"
     window = getattr(config, "sliding_window", None)
     if window and window < max_length and getattr(config, "use_sliding_window", True):
@@ -59,9 +63,6 @@ def packing_problem(model: torch.nn.Module, max_length: int) -> str | None:
 def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of token losses, number of target tokens) for a left-padded batch from data.collate."""
     labels = batch["labels"]
-    targets_per_row = (labels != IGNORE).sum(dim=1)
-    k = int(targets_per_row.max())
-    width = labels.shape[1]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if accepts(type(model), "position_ids"):
         inputs["position_ids"] = batch["position_ids"]
@@ -75,6 +76,8 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
             hidden[:, :-1][predicts], head.weight, head.bias, labels[:, 1:][predicts]
         )
         return loss, int(predicts.sum())
+    k = int((labels != IGNORE).sum(dim=1).max())  # the answer fills the last k columns (left padding)
+    width = labels.shape[1]
     keep = min(k + 1, width)
     if accepts(type(model), "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep).logits

@@ -35,12 +35,12 @@ def apply_speed_options(model: torch.nn.Module, config: RunConfig) -> list[str]:
         notes.append(
             "torch.compile: the training loss pass is compiled at its first batches (this takes minutes)"
         )
-    if config.autocast == "bf16" and not bf16_is_native(next(model.parameters()).device):
-        warnings.warn(
-            "autocast = bf16 on a CPU without bf16 units (AMX or AVX512-BF16): expect it to be slower than fp32",
-            stacklevel=2,
-        )
     if config.autocast == "bf16":
+        if not bf16_is_native(next(model.parameters()).device):
+            warnings.warn(
+                "autocast = bf16 on a CPU without bf16 units (AMX or AVX512-BF16): expect it to be slower than fp32",
+                stacklevel=2,
+            )
         notes.append("autocast: matrix products in bfloat16, weights and optimizer state in fp32")
     return notes
 

@@ -166,8 +166,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     train_loss_sum = compiled_loss(train_loss_sum, config)
     collate_train = kind.collate
     if config.packing:  # several examples per row, each attending only to itself
-        problem = packing_problem(model, config.max_length) if kind.name == "causal" else (
-            "packing works for causal language models only; set packing = false for this model")  # fmt: skip
+        problem = packing_problem(model, config.max_length, kind.name)
         if problem:
             raise UserError(problem)
         n_examples, dtype = len(train_set), next(model.parameters()).dtype

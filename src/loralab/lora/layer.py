@@ -94,9 +94,7 @@ class LoRALinear(nn.Module):
                 norm = self._out_in(weight.detach()).float().norm(dim=1)
             self.lora_magnitude_vector = nn.Parameter(norm.to(weight.dtype))
         self.merged = False
-        self.auto_merge = (
-            True  # eval() merges; False keeps the update separate (switching adapters, benchmarks)
-        )
+        self.auto_merge = True  # eval() merges; False keeps the update separate (inject.set_auto_merge)
         self._merged_AB: tuple[torch.Tensor, torch.Tensor] | None = None
         self._merged_versions = (-1, -1)
 
