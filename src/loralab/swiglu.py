@@ -6,8 +6,9 @@ product). The function below keeps gate and up and recomputes the sigmoid in bac
 
     y = g·σ(g)·u      ∂y/∂u = g·σ(g)      ∂y/∂g = u·σ(g)·(1 + g·(1 − σ(g)))
 
-which saves a third of the MLP's activations (on SmolLM2-135M with 8 × 128 tokens, 180 MB) for one sigmoid
-more per block in backward. The result is the same up to float rounding.
+which saves a third of the MLP's activations (on SmolLM2-135M with 8 × 128 tokens, 180 MB) for one SiLU
+more per block in backward (four passes over the tensor instead of three). The result is the same up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -30,12 +31,9 @@ class _SiLUMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         gate, up = ctx.saved_tensors
-        sigmoid = torch.sigmoid(gate)
-        silu = gate * sigmoid
-        grad_up = grad * silu if ctx.needs_input_grad[1] else None
-        grad_gate = None
-        if ctx.needs_input_grad[0]:
-            grad_gate = grad * up * sigmoid * (1 + gate * (1 - sigmoid))
+        # aten's silu_backward computes grad·σ(g)·(1 + g·(1 − σ(g))) in one pass over the tensor.
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        grad_up = F.silu(gate).mul_(grad) if ctx.needs_input_grad[1] else None
         return grad_gate, grad_up
 
 
