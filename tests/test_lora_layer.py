@@ -155,3 +155,17 @@ def test_eval_mode_forward_with_grad_still_trains_lora():
     layer.eval()
     layer(torch.randn(3, 8)).sum().backward()
     assert layer.lora_A.grad is not None and layer.lora_B.grad is not None
+
+
+def test_merged_layer_still_runs_hooks_on_its_base_layer():
+    """A merged nn.Linear base is applied directly (one module call), unless hooks are registered on it."""
+    layer = LoRALinear(make_base("linear", 8, 10), r=2, alpha=4)
+    randomize_B(layer)
+    layer.eval()
+    seen = []
+    layer.base_layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        got = layer(x)
+    assert seen == [torch.Size([3, 10])]
+    torch.testing.assert_close(got, layer.base_layer(x))

@@ -96,7 +96,7 @@ class LoRALinear(nn.Module):
         self.merged = False
         self.auto_merge = True  # eval() merges; False keeps the update separate (inject.set_auto_merge)
         self._merged_AB: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._merged_versions = (-1, -1)
+        self._merged_versions: list[int] = []
 
     def reset_lora_parameters(self, init: str = "kaiming") -> None:
         """A random, B = 0 (so the adapted model starts equal to the base model)."""
@@ -159,7 +159,7 @@ class LoRALinear(nn.Module):
         base = self._modules["base_layer"]
         if self.merged:
             if not self._merged_is_stale():
-                return base(x)
+                return self._base_forward(base, x)
             self.unmerge()
         if (
             not self.training
@@ -168,7 +168,7 @@ class LoRALinear(nn.Module):
             and not self.base_is_quantized
         ):
             self.merge()
-            return base(x)
+            return self._base_forward(base, x)
         A = self._parameters["lora_A"]
         if self._fusable(x):
             weight = base.weight
@@ -188,6 +188,14 @@ class LoRALinear(nn.Module):
             scale = self.dora_scale().to(result.dtype)
             return scale * (result - bias + update.to(result.dtype)) + bias
         return result + update.to(result.dtype)
+
+    @staticmethod
+    def _base_forward(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """base(x); a plain nn.Linear without hooks is applied directly, so a merged layer costs what the
+        base layer alone costs (one module call, not two)."""
+        if type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks):
+            return F.linear(x, base.weight, base.bias)
+        return base(x)
 
     def _no_dropout(self) -> bool:
         return not self.training or type(self._modules["dropout"]) is nn.Identity
@@ -219,8 +227,8 @@ class LoRALinear(nn.Module):
         """True when A or B changed in place since the merge, or gradients must reach them."""
         return self._versions() != self._merged_versions or self._needs_lora_grad()
 
-    def _versions(self) -> tuple[int, ...]:
-        return tuple(t._version for t in self._parameters.values())
+    def _versions(self) -> list[int]:
+        return [t._version for t in self._parameters.values()]  # a list: cheaper per call than a tuple
 
     @torch.no_grad()
     def merge(self) -> None:
