@@ -169,3 +169,17 @@ def test_merged_layer_still_runs_hooks_on_its_base_layer():
         got = layer(x)
     assert seen == [torch.Size([3, 10])]
     torch.testing.assert_close(got, layer.base_layer(x))
+
+
+def test_merge_after_an_edit_merges_the_new_weights():
+    """load_adapter into a model in eval mode edits A and B after the (B = 0) merge; merge() and eval() must
+    then fold in the new update, not keep the old one (an export saves weights without running forward)."""
+    layer = LoRALinear(make_base("linear", 8, 10), r=2, alpha=4)
+    original = layer.base_layer.weight.clone()
+    layer.eval()
+    randomize_B(layer)
+    for fold in (layer.merge, layer.eval):
+        fold()
+        torch.testing.assert_close(layer.base_layer.weight, original + layer.delta_weight())
+    layer.train()
+    torch.testing.assert_close(layer.base_layer.weight, original, atol=1e-6, rtol=0)

@@ -235,8 +235,10 @@ class LoRALinear(nn.Module):
         """W0 ← W0 + scaling·B·A. A second call does nothing.
 
         A copy of A and B (small) is kept so that `unmerge` subtracts exactly what was added, even if the
-        weights were edited in between (a later forward notices the edit and re-merges).
+        weights were edited in between (a later forward or merge notices the edit and re-merges).
         """
+        if self.merged and self._versions() != self._merged_versions:  # A or B changed since: merge anew
+            self.unmerge()
         if not self.merged:
             delta = self.delta_weight()
             if self.use_dora:  # W ← s·(W0 + ΔW), i.e. add s·(W0 + ΔW) − W0
