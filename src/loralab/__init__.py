@@ -10,6 +10,7 @@ from loralab.lora import (
     mark_only_lora_as_trainable,
     merge_lora,
     save_adapter,
+    unload_lora,
     unmerge_lora,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "mark_only_lora_as_trainable",
     "merge_lora",
     "save_adapter",
+    "unload_lora",
     "unmerge_lora",
 ]

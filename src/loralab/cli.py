@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", help="a bundled name, hub id or local folder instead of a run")
     generate.add_argument("--prompt", required=True, help="the text to continue")
 
+    export = commands.add_parser(
+        "export",
+        help="write a run's model with the adapter merged, as a plain transformers folder",
+        description="Fold RUN_DIR's adapter into the base weights and write model + tokenizer to --to with "
+        "save_pretrained (safetensors). AutoModelForCausalLM.from_pretrained(DIR) loads it without loralab.",
+    )
+    export.add_argument("run_dir", help="a folder written by `loralab train`")
+    export.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must not exist)")
+    export.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+
     compare = commands.add_parser(
         "compare",
         help="train several methods on the same data and budget, then write a report",
@@ -197,6 +207,15 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.export import export_run
+
+    config, run = _run_config(args.run_dir, None, overrides)
+    folder = export_run(run, config, Path(args.to), args.overwrite)
+    print(f"exported {run} with its adapter merged to {folder}")
+    return 0
+
+
 def _bench(runs: list, overwrite: bool, title: str) -> int:
     from loralab.bench import run_all
     from loralab.bench_report import write_report
@@ -249,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [item for item in extra if not item.startswith("--") or "=" not in item]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like --key=value)")
-    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
-                "sweep": cmd_sweep, "report": cmd_report, "data": cmd_data}  # fmt: skip
+    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "export": cmd_export,
+                "compare": cmd_compare, "sweep": cmd_sweep, "report": cmd_report, "data": cmd_data}  # fmt: skip
     try:
         return commands[args.command](args, extra)
     except UserError as exc:

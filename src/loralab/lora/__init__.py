@@ -11,6 +11,7 @@ from loralab.lora.inject import (
     mark_only_lora_as_trainable,
     merge_lora,
     set_auto_merge,
+    unload_lora,
     unmerge_lora,
 )
 from loralab.lora.io import load_adapter, load_adapter_weights, read_adapter_config, save_adapter
@@ -32,5 +33,6 @@ __all__ = [
     "read_adapter_config",
     "save_adapter",
     "set_auto_merge",
+    "unload_lora",
     "unmerge_lora",
 ]

@@ -207,6 +207,18 @@ def unmerge_lora(model: nn.Module) -> None:
         layer.unmerge()
 
 
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Merge every LoRA update into its weight and put the plain base layer back in the wrapper's place (in
+    place): the model is again the architecture it was loaded as, with the adapted weights."""
+    for name, layer in list(lora_layers(model)):
+        layer.merge()
+        _set_submodule(model, name, layer.base_layer)
+    for attribute in ("lora_config", "lora_target_names"):
+        if hasattr(model, attribute):
+            delattr(model, attribute)
+    return model
+
+
 def lora_state_dict(model: nn.Module) -> dict:
     """The parameters that LoRA training changes: every trainable tensor plus all lora_A / lora_B, by name."""
     return {
