@@ -14,6 +14,7 @@ import itertools
 import json
 import multiprocessing
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
     return the run folders."""
     if not overwrite:
         check_earlier_runs(runs)
-    folders = []
+    folders: list[Path] = []
+    durations: list[float] = []  # seconds of each run trained by this call, for the time-left estimate
     for i, (name, config) in enumerate(runs, 1):
         out = Path(config.out_dir)
         folders.append(out)
@@ -112,7 +114,9 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
             log(f"[{i}/{len(runs)}] {name}: finished earlier, reusing {out}")
             continue
         resume = (out / "checkpoint" / "state.json").is_file() and not overwrite
-        log(f"[{i}/{len(runs)}] {name}: {'resuming' if resume else 'training'} in {out}")
+        log(f"[{i}/{len(runs)}] {name}: {'resuming' if resume else 'training'} in {out}"
+            f"{_time_left(durations, len(runs) - i + 1)}")  # fmt: skip
+        started = time.monotonic()
         (out / ERROR_FILE).unlink(missing_ok=True)
         process = multiprocessing.get_context("spawn").Process(
             target=_train_one, args=(name, config.to_dict(), resume, overwrite or not resume)
@@ -129,9 +133,18 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
             hint = " (killed: out of memory?)" if process.exitcode == -9 else ""
             error = {"error": f"the run's process ended with {how}{hint}"}
             _record_failure(out, name, config, error["error"], "")
+        durations.append(time.monotonic() - started)
         if error is not None:
             log(f"[{i}/{len(runs)}] {name} failed: {error['error']}")
     return folders
+
+
+def _time_left(durations: list[float], remaining: int) -> str:
+    """ "; ~N min per run, about M min left" from the runs timed so far (empty before the first)."""
+    if not durations:
+        return ""
+    per_run = sum(durations) / len(durations)
+    return f"; {per_run / 60:.1f} min per run so far, about {per_run * remaining / 60:.0f} min left"
 
 
 def _record_failure(out: Path, name: str, config: RunConfig, message: str, trace: str) -> None:

@@ -162,6 +162,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     config = load_config(args.config, overrides)
     summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    if not summary:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(f"test {get_task(config.task).headline(summary['metrics'])}")
     print(
         f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "

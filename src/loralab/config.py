@@ -84,6 +84,9 @@ class RunConfig:
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"]
+    )  # tensorboard, wandb; [] = jsonl only
     # prompt
     template: str = ""  # with {text} where the input goes; empty = the task's default
     label_words: list[str] = field(default_factory=lambda: ["negative", "positive"])  # index = label
@@ -328,6 +331,9 @@ def validate(config: RunConfig) -> None:
         raise UserError(
             "method distill trains a classifier student; it needs a classification task (rotten_tomatoes)"
         )
+    for name in config.report_to:
+        if name not in ("tensorboard", "wandb"):
+            raise UserError(f"report_to: unknown reporter {name!r}; choose from tensorboard, wandb (or [])")
     if not config.out_dir:
         raise UserError("out_dir is empty; set it to the folder for this run")
     config.lora_config()  # raises UserError for bad r, alpha, dropout, bias, init, targets

@@ -42,6 +42,14 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def current_memory_mb(device: torch.device) -> float | None:
+    """Memory in use now: CUDA memory allocated on a GPU, the resident set size on CPU (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    resident = _status_kib("VmRSS")
+    return resident / 2**10 if resident is not None else None
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory window (e.g. after the model is loaded and prepared, before training).
 

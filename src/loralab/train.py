@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from loralab import distributed
 from loralab.checkpoint import load_checkpoint, save_checkpoint
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, config_from_dict
@@ -32,7 +33,7 @@ from loralab.loss import packing_problem
 from loralab.methods import get_method
 from loralab.models import model_kind, resolve_device
 from loralab.report import (
-    append_metrics,
+    current_memory_mb,
     peak_memory_mb,
     plot_losses,
     process_peak_memory_mb,
@@ -41,19 +42,25 @@ from loralab.report import (
     write_json_atomically,
     write_lines_atomically,
 )
+from loralab.run_log import RunLog, check_reporters
 from loralab.speed import apply_speed_options, autocast_context, compiled_loss
 from loralab.swiglu import use_lean_swiglu
 from loralab.tasks import get_task
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
-             "loss_curve.png", "adapter", "checkpoint", "teacher_logits.safetensors")  # fmt: skip
+             "loss_curve.png", "adapter", "checkpoint", "teacher_logits.safetensors", "tensorboard", "wandb",
+             "wandb_run_id")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
-                     "gradient_checkpointing", "compile"}  # fmt: skip
+                     "gradient_checkpointing", "compile", "report_to"}  # fmt: skip
 
 
-def log(message: str) -> None:
+def _log(message: str) -> None:
     print(f"loralab: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -117,7 +124,12 @@ class TrainState:
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run one training job as `config` describes and return its summary (also written to summary.json)."""
     task, method = get_task(config.task), get_method(config.method)
-    out = prepare_out_dir(config, resume, overwrite)
+    check_reporters(config.report_to)
+    world, device = distributed.init(resolve_device(config.device))
+    if world.size > 1 and hasattr(method, "attach_teacher"):
+        raise UserError(f"method {config.method} does not run under torchrun; train it in one process")
+    log = _log if world.main else _quiet  # one voice: rank 0 speaks and writes, the other ranks compute
+    out = prepare_out_dir(config, resume, overwrite) if world.main else Path(config.out_dir)
 
     # Data first: a missing file should fail in a second, not after the model has loaded.
     rows, origins = {}, set()
@@ -130,7 +142,6 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     if len(origins) > 1:  # e.g. train from a file, test from another split of the same texts: leakage
         raise UserError("the train, validation and test splits came from different sources; put all three "
                         "files in the same folder (LORALAB_DATA_DIR or data_path)")  # fmt: skip
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model, tokenizer = load_base(config, device)
     kind = get_kind(model_kind(model))
@@ -153,13 +164,15 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     log(f"{config.method} on a {kind.name} model: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
 
-    def encode(split_rows: list[dict]) -> list:
+    def encode(split_rows: list[dict], split: str) -> list:
         target = task.answer if kind.generative else task.label
         code = vocab.rewrite if vocab else (lambda text: text)
+        bar = tqdm(split_rows, desc=f"tokenizing {split}", unit="ex", leave=False,
+                   disable=len(split_rows) < 2000 or not world.main)  # fmt: skip
         return [kind.encode(tokenizer, template, code(task.input_text(config, r)), code(target(config, r)),
-                            config.max_length) for r in split_rows]  # fmt: skip
+                            config.max_length) for r in bar]  # fmt: skip
 
-    train_set, val_set = encode(rows["train"]), encode(rows["validation"])
+    train_set, val_set = encode(rows["train"], "train"), encode(rows["validation"], "validation")
     if hasattr(method, "attach_teacher"):  # distillation: the teacher's logits for every training example
         train_set = method.attach_teacher(config, rows["train"], train_set, out)
     train_loss_sum = method.training_loss(config, kind) if hasattr(method, "training_loss") else kind.loss_sum
@@ -177,24 +190,29 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         )
     lengths = [len(e) for e in train_set]
     micro_batches = math.ceil(len(train_set) / config.batch_size)
-    steps_per_epoch = math.ceil(micro_batches / config.grad_accum)
+    per_step = config.grad_accum * world.size  # micro-batches per optimizer step, over all ranks
+    steps_per_epoch = math.ceil(micro_batches / per_step)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup = int(config.warmup_ratio * total_steps)
     params = [p for p in model.parameters() if p.requires_grad]
+    distributed.broadcast_from_main(params, world)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     state = TrainState()
     if resume:
         state = TrainState(**load_checkpoint(out / "checkpoint", model, optimizer))
-        # lines logged after the checkpoint belong to steps that are about to be redone
-        write_lines_atomically(
-            metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= state.step]
-        )
         log(f"resuming at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
-    else:
-        write_json_atomically(out / "config.json", config.to_dict())
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:  # lines logged after the checkpoint belong to steps that are about to be redone
+            write_lines_atomically(
+                metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= state.step]
+            )
+        else:
+            write_json_atomically(out / "config.json", config.to_dict())
+    run_log = RunLog(out, config.report_to, config.to_dict(), resume_step=state.step + 1 if resume else None,
+                     enabled=world.main)  # fmt: skip
     pad_id = tokenizer.pad_token_id
 
     def evaluate_and_checkpoint() -> None:
@@ -212,18 +230,21 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                 "val_loss": val_loss,
                 "val_accuracy": accuracy,
             }
+        val_loss = record["val_loss"] = distributed.shared_value(
+            val_loss, world, device
+        )  # ranks decide alike
         improved = val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-            method.save(model, out / "adapter", config)
-            if vocab is not None:
-                save_code_vocab(out / "adapter", vocab)
+            if world.main:
+                method.save(model, out / "adapter", config)
+                if vocab is not None:
+                    save_code_vocab(out / "adapter", vocab)
         else:
             state.evals_without_improvement += 1
-        append_metrics(
-            metrics_path, record | {"best_val_loss": state.best_val_loss, "eval_time_s": time.time() - t0}
-        )
-        save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
+        run_log.log(record | {"best_val_loss": state.best_val_loss, "eval_time_s": time.time() - t0})
+        if world.main:
+            save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
         note = " (base model)" if state.step == 0 else " (best)" if improved else ""
         accuracy = f", accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
         log(f"step {state.step}: validation loss {val_loss:.4f}{accuracy}{note}")
@@ -232,22 +253,24 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     if not resume:
         evaluate_and_checkpoint()  # step 0: the base model's validation loss, the start of the curve
     model.train()
-    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
+               disable=not world.main)  # fmt: skip
     while state.step < total_steps and not state.stopped_early:
         batches = batch_order(lengths, config.batch_size, config.seed + state.epoch, config.group_by_length)
-        groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+        groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
         for group in groups[state.batch_in_epoch :]:
             t0 = time.time()
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * lr_factor(state.step, total_steps, warmup, config.lr_schedule)
             micro = [collate_train([train_set[i] for i in batch], pad_id) for batch in group]
-            n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)
-            loss_total = 0.0
-            for batch in micro:
+            n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)  # of the whole step, all ranks
+            loss_total = torch.zeros((), dtype=torch.float64)
+            for batch in distributed.my_share(micro, world):
                 with autocast_context(config, device):
                     loss_sum, _ = train_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
                 (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
                 loss_total += loss_sum.item()
+            loss_total = distributed.sum_gradients(params, loss_total.to(device), world).item()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -256,8 +279,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             state.batch_in_epoch += 1
             state.train_time_s += time.time() - t0
             train_loss = loss_total / n_targets
-            append_metrics(metrics_path, {"step": state.step, "epoch": state.epoch, "train_loss": train_loss,
-                                          "lr": optimizer.param_groups[0]["lr"], "target_tokens": n_targets})  # fmt: skip
+            run_log.log({"step": state.step, "epoch": state.epoch, "train_loss": train_loss,
+                         "lr": optimizer.param_groups[0]["lr"], "target_tokens": n_targets,
+                         "memory_mb": current_memory_mb(device)})  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", epoch=state.epoch + 1)
             end_of_epoch = state.batch_in_epoch == len(groups)
@@ -274,6 +298,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
     train_peak_mb = peak_memory_mb(device)
+    if not world.main:  # rank 0 alone evaluates on the test split and writes the summary
+        distributed.finish(world)
+        return {}
 
     method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
     t0 = time.time()
@@ -313,6 +340,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     }
     if hasattr(method, "summary"):
         summary |= method.summary(model)
+    run_log.log_test(metrics, state.step)
+    run_log.close()
     write_json_atomically(out / "summary.json", summary)
     plot_losses(read_metrics(metrics_path), out / "loss_curve.png", f"{config.method} on {config.task}")
+    distributed.finish(world)
     return summary
