@@ -56,13 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser(
         "generate",
-        help="continue a prompt with a trained run or a base model",
-        description="Generate a continuation of --prompt (used as given, not put into the template). "
-        "Overrides such as --max_new_tokens=40 --temperature=0.8 --top_k=50 apply.",
+        help="continue prompts with trained runs (several adapters on one base) or a base model",
+        description="Generate a continuation of each --prompt (used as given, not put into the template). "
+        "Several LoRA runs of the same base model load side by side as adapters named after their folders; "
+        "--adapter picks the one each prompt uses (in the order of the prompts; one value for all; none = the "
+        "base model), and prompts with different adapters share batches. Overrides such as "
+        "--max_new_tokens=40 --temperature=0.8 --top_k=50 apply.",
     )
-    generate.add_argument("run_dir", nargs="?", help="a folder written by `loralab train`")
+    generate.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="folders written by `loralab train`")
     generate.add_argument("--model", help="a bundled name, hub id or local folder instead of a run")
-    generate.add_argument("--prompt", required=True, help="the text to continue")
+    generate.add_argument(
+        "--prompt", action="append", required=True, help="the text to continue (repeatable)"
+    )
+    generate.add_argument(
+        "--adapter", action="append", metavar="NAME", help="the run folder name each prompt uses (repeatable)"
+    )
 
     export = commands.add_parser(
         "export",
@@ -203,10 +211,48 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.inference import load_for_inference
 
-    config, run = _run_config(args.run_dir, args.model, overrides)
-    model, tokenizer, device, predict = load_for_inference(config, run)
-    print(predict(model, tokenizer, [args.prompt], config, device, "generating", "{text}")[0])
+    if len(args.run_dirs) > 1 or args.adapter:
+        texts = _generate_with_adapters(args, overrides)
+    else:
+        config, run = _run_config(args.run_dirs[0] if args.run_dirs else None, args.model, overrides)
+        model, tokenizer, device, predict = load_for_inference(config, run)
+        texts = predict(model, tokenizer, args.prompt, config, device, "generating", "{text}")
+    if len(texts) == 1:
+        print(texts[0])
+    else:
+        choices = args.adapter or [None]
+        for i, text in enumerate(texts):
+            label = choices[i] if len(choices) == len(texts) else choices[0]
+            print(f"[{i + 1}]{f' ({label})' if label else ''} {text}")
     return 0
+
+
+def _generate_with_adapters(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """Every run's adapter on one base model, each prompt through the adapter --adapter names for it."""
+    from loralab.evaluate import generate_per_row
+    from loralab.inference import load_with_adapters
+
+    if args.model or not args.run_dirs:
+        raise UserError(
+            "--adapter picks among run folders: pass RUN_DIRs (LoRA runs of one base), not --model"
+        )
+    runs = [_run_config(folder, None, overrides) for folder in args.run_dirs]
+    names = [run.name for _, run in runs]
+    choices = args.adapter or [names[0]] if len(runs) == 1 else args.adapter
+    if not choices:
+        raise UserError(f"with several runs, say which one each prompt uses: --adapter NAME per prompt "
+                        f"(names: {', '.join(names)}, or none)")  # fmt: skip
+    if len(choices) not in (1, len(args.prompt)):
+        raise UserError(f"{len(choices)} --adapter values for {len(args.prompt)} prompts; give one per prompt "
+                        "or one for all")  # fmt: skip
+    unknown = sorted({c for c in choices if c not in names and c != "none"})
+    if unknown:
+        raise UserError(
+            f"--adapter {', '.join(unknown)}: not among the runs given ({', '.join(names)}) or none"
+        )
+    per_prompt = [None if c == "none" else c for c in (choices * len(args.prompt))[: len(args.prompt)]]
+    model, tokenizer, device = load_with_adapters(runs)
+    return generate_per_row(model, tokenizer, args.prompt, per_prompt, runs[0][0], device)
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from loralab.config import RunConfig
 from loralab.data import collate_inputs, collate_prompts, encode_prompt
+from loralab.errors import UserError
 from loralab.loss import label_loss_sum
 
 
@@ -87,6 +88,28 @@ def generate(model: torch.nn.Module, tokenizer, texts: list[str], config: RunCon
 
     return _batched(model, tokenizer, texts, config, config.template if template is None else template, desc,
                     run_batch)  # fmt: skip
+
+
+@torch.inference_mode()
+def generate_per_row(model: torch.nn.Module, tokenizer, prompts: list[str], adapters: list[str | None],
+                     config: RunConfig, device: torch.device) -> list[str]:  # fmt: skip
+    """Continuations of `prompts` (used as given) by a causal LM with several adapters loaded, prompt i through
+    adapter adapters[i] (None: the base model); prompts with different adapters share batches."""
+    from loralab.lora.adapters import adapter_per_row
+    from loralab.models import model_kind
+
+    if model_kind(model) != "causal":
+        raise UserError("several adapters in one batch work for causal language models; generate one by one")
+    options = _generation_options(config, tokenizer)
+    encoded = [encode_prompt(tokenizer, "{text}", p, config.max_length) for p in prompts]
+    outputs: list[str] = []
+    for start in range(0, len(prompts), config.eval_batch_size):
+        rows = slice(start, start + config.eval_batch_size)
+        batch = _to(collate_prompts(encoded[rows], tokenizer.pad_token_id), device)
+        with adapter_per_row(model, adapters[rows]):
+            generated = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
+        outputs += [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+    return outputs
 
 
 def generate_seq2seq(model: torch.nn.Module, tokenizer, texts: list[str], config: RunConfig,

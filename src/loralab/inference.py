@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from loralab.config import RunConfig
+from loralab.errors import UserError
 
 
 def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module, object]:
@@ -49,3 +50,32 @@ def load_for_inference(
         model.to(device)
     model.eval()
     return model, tokenizer, device, predict
+
+
+def load_with_adapters(runs: list[tuple[RunConfig, Path]]) -> tuple[torch.nn.Module, object, torch.device]:
+    """One base model with every run's LoRA adapter loaded beside the others, named after its run folder;
+    the first is active. The runs must be LoRA runs of the same base model."""
+    from loralab.code_vocab import load_code_vocab
+    from loralab.lora import load_adapter
+    from loralab.models import resolve_device
+
+    first = runs[0][0]
+    names = [run.name for _, run in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"two runs share a folder name ({', '.join(names)}); adapters are named after them")
+    for config, run in runs:
+        if config.method != "lora":
+            raise UserError(f"{run} is a {config.method} run; only LoRA adapters can share one base model")
+        if config.model != first.model:
+            raise UserError(
+                f"{run} was trained on {config.model}, {runs[0][1]} on {first.model}: adapters must share a base"
+            )
+        if load_code_vocab(run / "adapter") is not None:
+            raise UserError(f"{run} adds code tokens to the vocabulary; generate with it alone")
+    device = resolve_device(first.device)
+    model, tokenizer = load_base(first, device)
+    for _, run in runs:
+        load_adapter(model, run / "adapter", name=run.name)
+    model.to(device)
+    model.eval()
+    return model, tokenizer, device

@@ -14,9 +14,15 @@ from loralab.lora.layer import LoRALinear, is_linear, linear_shape
 ALL_LINEAR = "all-linear"
 
 
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Full names of every nn.Linear / Conv1D in the model that is not already wrapped."""
-    return [name for name, module in model.named_modules() if is_linear(module) and not _inside_lora(name)]
+def linear_module_names(model: nn.Module, include_wrapped: bool = False) -> list[str]:
+    """Full names of every nn.Linear / Conv1D in the model that is not already wrapped (with
+    `include_wrapped`, LoRALinear layers count as the linear layers they wrap)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if (is_linear(module) or (include_wrapped and isinstance(module, LoRALinear)))
+        and not _inside_lora(name)
+    ]
 
 
 def _inside_lora(name: str) -> bool:
@@ -38,9 +44,10 @@ def _matches_suffix(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def find_target_modules(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Names of the linear layers that `config.target_modules` selects; UserError if a target matches none."""
-    linear = linear_module_names(model)
+def find_target_modules(model: nn.Module, config: LoRAConfig, include_wrapped: bool = False) -> list[str]:
+    """Names of the linear layers that `config.target_modules` selects; UserError if a target matches none.
+    With `include_wrapped`, layers that already carry LoRA (another adapter's) are candidates too."""
+    linear = linear_module_names(model, include_wrapped)
     excluded = set(config.modules_to_save)
     targets = config.target_modules
     if targets == ALL_LINEAR:
@@ -96,7 +103,7 @@ def _refuse_tied_weights(model: nn.Module, chosen: list[str]) -> None:
             )
 
 
-def _qkv_row_ranges(name: str, module: nn.Module, parts: tuple[str, ...]) -> list[tuple[int, int]]:
+def qkv_row_ranges(name: str, module: nn.Module, parts: tuple[str, ...]) -> list[tuple[int, int]]:
     """Row ranges of the chosen q/k/v parts in a fused projection whose output is three equal blocks."""
     d_in, d_out = linear_shape(module)
     if d_out % 3 != 0:
@@ -108,7 +115,7 @@ def _qkv_row_ranges(name: str, module: nn.Module, parts: tuple[str, ...]) -> lis
     return [("qkv".index(p) * block, ("qkv".index(p) + 1) * block) for p in sorted(parts, key="qkv".index)]
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -127,7 +134,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     names = find_target_modules(model, config)
     for name in names:
         base = model.get_submodule(name)
-        parts = _qkv_row_ranges(name, base, config.qkv_parts) if config.qkv_parts else None
+        parts = qkv_row_ranges(name, base, config.qkv_parts) if config.qkv_parts else None
         layer = LoRALinear(
             base,
             config.r,
@@ -139,7 +146,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
             config.use_dora,
         )
         layer.train(model.training)
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
     model.lora_config = config
     model.lora_target_names = names
     mark_only_lora_as_trainable(model, config.bias)
@@ -162,9 +169,10 @@ def _modules_to_save(model: nn.Module, wanted: tuple[str, ...]) -> list[str]:
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
-    """(name, layer) for every LoRALinear in the model."""
+    """(name, layer) for every LoRALinear of the active adapter (with several adapters loaded, a layer that
+    only other adapters touch is left out)."""
     for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
+        if isinstance(module, LoRALinear) and module.present:
             yield name, module
 
 
@@ -193,7 +201,7 @@ def merge_lora(model: nn.Module) -> None:
 def set_auto_merge(model: nn.Module, enabled: bool) -> None:
     """Whether eval() folds each LoRA update into its weight (the default) or keeps it separate; turning it off
     also takes merged updates back out."""
-    for _, layer in lora_layers(model):
+    for layer in _wrappers(model):
         layer.auto_merge = enabled
         if not enabled:
             layer.unmerge()
@@ -203,17 +211,23 @@ def set_auto_merge(model: nn.Module, enabled: bool) -> None:
 
 def unmerge_lora(model: nn.Module) -> None:
     """Take every merged LoRA update back out of its weight (idempotent)."""
-    for _, layer in lora_layers(model):
+    for layer in _wrappers(model):
         layer.unmerge()
 
 
+def _wrappers(model: nn.Module) -> list[LoRALinear]:
+    """Every LoRALinear, including those that only inactive adapters use."""
+    return [module for module in model.modules() if isinstance(module, LoRALinear)]
+
+
 def unload_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA update into its weight and put the plain base layer back in the wrapper's place (in
-    place): the model is again the architecture it was loaded as, with the adapted weights."""
-    for name, layer in list(lora_layers(model)):
-        layer.merge()
-        _set_submodule(model, name, layer.base_layer)
-    for attribute in ("lora_config", "lora_target_names"):
+    """Merge the (active) LoRA update into each weight and put the plain base layer back in the wrapper's place
+    (in place): the model is again the architecture it was loaded as, with the adapted weights."""
+    wrappers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    for name, layer in wrappers:
+        layer.merge()  # the active adapter's update; layers it does not touch (or disabled) stay as they are
+        set_submodule(model, name, layer.base_layer)
+    for attribute in ("lora_config", "lora_target_names", "lora_adapters", "active_adapter"):
         if hasattr(model, attribute):
             delattr(model, attribute)
     return model

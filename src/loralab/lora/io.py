@@ -151,13 +151,24 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
     )
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Apply the saved config to a fresh base model and load the adapter weights into it (in place)."""
+def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None) -> nn.Module:
+    """Apply the saved config to a fresh base model and load the adapter weights into it (in place).
+
+    With `name`, the model may hold adapters already: this one is loaded beside them under `name` (the first
+    one loaded becomes the active adapter; switch with adapters.set_adapter).
+    """
+    from loralab.lora import adapters
+
     directory = Path(directory)
     if not (directory / WEIGHTS_FILE).is_file():
         raise UserError(f"{directory} has no {WEIGHTS_FILE}; pass the folder save_adapter wrote")
+    if name is not None and getattr(model, "lora_config", None) is not None:
+        return adapters.add_adapter(model, directory, name)
     apply_lora(model, read_adapter_config(directory))
-    return load_adapter_weights(model, directory)
+    load_adapter_weights(model, directory)
+    if name is not None:
+        adapters.register_first(model, name)
+    return model
 
 
 def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

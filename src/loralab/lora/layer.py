@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,50 @@ from loralab.lora.fused import fused_lora_linear
 def is_linear(module: nn.Module) -> bool:
     """True for the layer types LoRA can wrap."""
     return isinstance(module, nn.Linear | Conv1D)
+
+
+def full_B(B: torch.Tensor, parts: list[tuple[int, int]] | None, r: int, d_out: int) -> torch.Tensor:
+    """B as one d_out × (n_parts·r) matrix: B_i in the rows of part i and columns of A_i, zeros elsewhere.
+
+    Without parts this is just B. With parts, B_full·A equals ΔW of the fused matrix, which is also the
+    layout the peft library stores.
+    """
+    if parts is None:
+        return B
+    full = B.new_zeros(d_out, len(parts) * r)
+    offset = 0
+    for i, (start, stop) in enumerate(parts):
+        rows = stop - start
+        full[start:stop, i * r : (i + 1) * r] = B[offset : offset + rows]
+        offset += rows
+    return full
+
+
+@dataclass
+class RowAdapters:
+    """For a mixed batch (adapters.adapter_per_row): each row's adapter name (None: none) and, per name, the
+    (A, B_full, scaling) it has in this layer."""
+
+    names: list[str | None]
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    _groups: dict = field(default_factory=dict)
+
+    def groups(self, batch: int, device: torch.device) -> list[tuple[torch.Tensor, tuple]]:
+        """(row indices, weights) per adapter for a batch of `batch` rows; generate() with beams repeats
+        each row, so a batch may be a multiple of the names given."""
+        if batch not in self._groups:
+            if batch % len(self.names):
+                raise ValueError(
+                    f"a batch of {batch} rows does not match the {len(self.names)} adapter names given"
+                )
+            repeat = batch // len(self.names)
+            rows = [name for name in self.names for _ in range(repeat)]
+            self._groups[batch] = [
+                (torch.tensor([i for i, n in enumerate(rows) if n == name], device=device), weights)
+                for name, weights in self.weights.items()
+                if name in rows
+            ]
+        return self._groups[batch]
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -94,6 +139,9 @@ class LoRALinear(nn.Module):
                 norm = self._out_in(weight.detach()).float().norm(dim=1)
             self.lora_magnitude_vector = nn.Parameter(norm.to(weight.dtype))
         self.merged = False
+        self.present = True  # False: the active adapter (adapters.py) does not touch this layer
+        self.disabled = False  # True inside adapters.disable_adapters
+        self.row_adapters: RowAdapters | None = None  # set inside adapters.adapter_per_row
         self.auto_merge = True  # eval() merges; False keeps the update separate (inject.set_auto_merge)
         self._merged_AB: tuple[torch.Tensor, torch.Tensor] | None = None
         self._merged_versions: list[int] = []
@@ -122,21 +170,8 @@ class LoRALinear(nn.Module):
         return getattr(self.base_layer, "bias", None)
 
     def full_B(self, B: torch.Tensor | None = None) -> torch.Tensor:
-        """B as one d_out × (n_parts·r) matrix: B_i in the rows of part i and columns of A_i, zeros elsewhere.
-
-        Without parts this is just B. With parts, B_full·A equals ΔW of the fused matrix, which is also the
-        layout the peft library stores.
-        """
-        B = self.lora_B if B is None else B
-        if self.parts is None:
-            return B
-        full = B.new_zeros(self.d_out, len(self.parts) * self.r)
-        offset = 0
-        for i, (start, stop) in enumerate(self.parts):
-            rows = stop - start
-            full[start:stop, i * self.r : (i + 1) * self.r] = B[offset : offset + rows]
-            offset += rows
-        return full
+        """This layer's B (or `B`) as one d_out × (n_parts·r) matrix (see full_B)."""
+        return full_B(self.lora_B if B is None else B, self.parts, self.r, self.d_out)
 
     def delta_weight(self, A: torch.Tensor | None = None, B: torch.Tensor | None = None) -> torch.Tensor:
         """scaling·B·A in the layout of the base weight (transposed for Conv1D); A, B default to the layer's."""
@@ -157,6 +192,10 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The checks run on every call (120 layers per token when decoding): plain dict lookups on purpose.
         base = self._modules["base_layer"]
+        if self.row_adapters is not None:
+            return self._forward_per_row(base, x)
+        if self.disabled or not self.present:
+            return self._base_forward(base, x)
         if self.merged:
             if not self._merged_is_stale():
                 return self._base_forward(base, x)
@@ -188,6 +227,14 @@ class LoRALinear(nn.Module):
             scale = self.dora_scale().to(result.dtype)
             return scale * (result - bias + update.to(result.dtype)) + bias
         return result + update.to(result.dtype)
+
+    def _forward_per_row(self, base: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The base output plus, on each adapter's rows, that adapter's scaling·B·A·x (un-merged weights)."""
+        result = self._base_forward(base, x)
+        for index, (A, B, scaling) in self.row_adapters.groups(x.shape[0], x.device):
+            update = F.linear(F.linear(x.index_select(0, index).to(A.dtype), A), B) * scaling
+            result.index_add_(0, index, update.to(result.dtype))  # a fresh tensor: F.linear keeps no output
+        return result
 
     @staticmethod
     def _base_forward(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +286,7 @@ class LoRALinear(nn.Module):
         """
         if self.merged and self._versions() != self._merged_versions:  # A or B changed since: merge anew
             self.unmerge()
-        if not self.merged:
+        if not self.merged and self.present and not self.disabled:
             delta = self.delta_weight()
             if self.use_dora:  # W ← s·(W0 + ΔW), i.e. add s·(W0 + ΔW) − W0
                 scale = self._dora_rows(self.dora_scale(delta))
