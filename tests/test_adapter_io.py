@@ -27,6 +27,7 @@ CASES = [
     ("llama", LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])),
     ("llama", LoRAConfig(r=2, alpha=16, use_rslora=True, modules_to_save=["model.norm"])),
     ("gpt2", LoRAConfig(r=3, alpha=6, bias="lora_only")),
+    ("gpt2", LoRAConfig(r=2, alpha=4, bias="all", use_rslora=True, modules_to_save=["ln_f"])),
     ("gpt2", LoRAConfig(r=4, alpha=8, target_modules=["c_attn"], qkv_parts=["q", "v"])),
     ("t5", LoRAConfig(r=2, alpha=4, target_modules=r".*decoder.*\.(q|v)")),
     ("bert", LoRAConfig(r=2, alpha=4, target_modules=["query", "value"], bias="all")),
@@ -67,6 +68,28 @@ def test_peft_loads_a_loralab_adapter(tmp_path, arch, config):
         ("llama", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "down_proj"])),
         ("gpt2", LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)),
         ("gpt_neo", LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", use_rslora=True)),
+        (
+            "llama",
+            LoraConfig(
+                r=2,
+                lora_alpha=16,
+                target_modules=["q_proj", "v_proj"],
+                use_rslora=True,
+                modules_to_save=["model.norm"],
+            ),
+        ),
+        ("gpt2", LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True, bias="all")),
+        (
+            "gpt2",
+            LoraConfig(
+                r=3,
+                lora_alpha=6,
+                target_modules=["c_attn", "c_fc"],
+                fan_in_fan_out=True,
+                bias="lora_only",
+                modules_to_save=["ln_f"],
+            ),
+        ),
     ],
 )
 def test_loralab_loads_a_peft_adapter(tmp_path, arch, peft_config):
