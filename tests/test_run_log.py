@@ -69,3 +69,19 @@ def test_bad_reporters_are_user_errors(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # as if wandb were not installed
     with pytest.raises(UserError, match="pip install wandb"):
         check_reporters(["wandb"])
+
+
+def test_weights_and_biases_runs_offline_and_writes_its_run_beside_the_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # the dev extra installs it
+    monkeypatch.delenv(
+        "WANDB_MODE", raising=False
+    )  # the default must be offline: this machine has no internet
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = RunLog(tmp_path, ["wandb"], {"lr": 1e-3, "rank": 8})
+    for step in (1, 2, 3):
+        log.log({"step": step, "train_loss": 1.0 / step})
+    log.log_test({"accuracy": 0.5}, step=3)
+    log.close()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (tmp_path / "wandb_run_id").read_text().strip() in runs[0].name
