@@ -230,9 +230,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                 "val_loss": val_loss,
                 "val_accuracy": accuracy,
             }
-        val_loss = record["val_loss"] = distributed.shared_value(
-            val_loss, world, device
-        )  # ranks decide alike
+        # under torchrun every rank takes rank 0's figure, so that all decide alike (best, early stop)
+        val_loss = record["val_loss"] = distributed.shared_value(val_loss, world, device)
         improved = val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
