@@ -31,7 +31,9 @@ def validation_loss(model: torch.nn.Module, examples: list, batch_size: int, pad
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    quiet = len(starts) < 8 or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0)
+    for start in tqdm(starts, desc="validation", unit="batch", leave=False, disable=quiet):
         batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
         loss, n = loss_sum(model, _to(batch, device))
         total, count = total + loss.item(), count + n
