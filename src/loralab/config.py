@@ -67,6 +67,9 @@ class RunConfig:
     batch_size: int = 16
     grad_accum: int = 1
     max_grad_norm: float = 1.0  # 0 = no clipping
+    on_nonfinite: str = (
+        "stop"  # a NaN / Inf loss or gradient: stop (keeping the last checkpoint) | skip the step
+    )
     epochs: int = 1
     max_steps: int = 0  # optimizer steps; > 0 overrides epochs
     max_length: int = 256  # tokens per example; truncation cuts the prompt, never the answer
@@ -155,6 +158,7 @@ CHOICES = {
     "lora_variant": ("lora", "dora"),
     "init": ("kaiming", "gaussian"),
     "autocast": ("none", "bf16"),
+    "on_nonfinite": ("stop", "skip"),
 }
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
             "code_eval_timeout_s", "n_virtual_tokens", "student_embedding_dim", "student_hidden_size",

@@ -52,7 +52,7 @@ RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl"
              "wandb_run_id")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
-                     "gradient_checkpointing", "compile", "report_to"}  # fmt: skip
+                     "gradient_checkpointing", "compile", "report_to", "lr", "on_nonfinite"}  # fmt: skip
 
 
 def _log(message: str) -> None:
@@ -102,6 +102,16 @@ def prepare_out_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
     return out
 
 
+def nonfinite_problem(step: int, loss: float, config: RunConfig, out: Path) -> str:
+    """What to tell the user when step `step` produced a NaN or Inf loss or gradient."""
+    what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradients hold NaN or Inf"
+    cause = f"lr {config.lr:g} may be too high"
+    if config.autocast != "none":
+        cause += f", or {config.autocast} autocast overflows (try autocast = none)"
+    return (f"step {step}: {what}; {cause}. The last good checkpoint is in {out / 'checkpoint'} (resume with "
+            f"--resume after lowering lr), or set on_nonfinite = \"skip\" to skip such steps")  # fmt: skip
+
+
 def _origin(source: str) -> str:
     """Which kind of source a data description names (all splits of a run must share one)."""
     if "vaderSentiment" in source:
@@ -119,6 +129,7 @@ class TrainState:
     evals_without_improvement: int = 0
     train_time_s: float = 0.0
     stopped_early: bool = False
+    skipped_steps: int = 0  # steps whose loss or gradients were not finite (on_nonfinite = "skip")
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -270,10 +281,20 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                 (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
                 loss_total += loss_sum.item()
             loss_total = distributed.sum_gradients(params, loss_total.to(device), world).item()
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                problem = nonfinite_problem(state.step + 1, loss_total / n_targets, config, out)
+                if config.on_nonfinite == "stop":
+                    raise UserError(problem)
+                state.skipped_steps += 1
+                log(f"{problem.split(';')[0]}: skipped, no update ({state.skipped_steps} so far)")
+            else:
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batch_in_epoch += 1
             state.train_time_s += time.time() - t0
@@ -334,6 +355,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         "best_val_loss": state.best_val_loss,
         "best_step": state.best_step,
         "stopped_early": state.stopped_early,
+        "skipped_steps": state.skipped_steps,
         "test_eval_time_s": eval_time,
         "metrics": metrics,
     }
