@@ -41,12 +41,22 @@ def test_a_nan_step_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert main(["train", *SMALL, f"--model={tiny_llama_folder}", f"--out_dir={out}"]) == 2
     err = capsys.readouterr().err
     assert "step 3: the loss is nan; lr 0.01 may be too high" in err
-    assert 'on_nonfinite = "skip"' in err and "Traceback" not in err
+    assert "--resume --on_nonfinite=skip" in err and "Traceback" not in err
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2  # the evaluation at step 2 wrote it; step 3 changed nothing
     weights = load_file(out / "checkpoint" / "weights.safetensors")
     assert all(w.isfinite().all() for w in weights.values())
     assert not (out / "summary.json").exists()
+    argv = [
+        "train",
+        *SMALL,
+        f"--model={tiny_llama_folder}",
+        f"--out_dir={out}",
+        "--resume",
+        "--on_nonfinite=skip",
+    ]
+    assert main(argv) == 0  # what the message advises works: the run goes on from step 2 to the end
+    assert json.loads((out / "summary.json").read_text())["steps"] == 5
 
 
 def test_skip_mode_leaves_the_step_out_and_counts_it(

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from loralab.config import CHOICES, RunConfig, load_config
-from loralab.errors import UserError
+from loralab.errors import Interrupted, UserError
 from loralab.report import write_json_atomically
 
 ERROR_FILE = "error.json"
@@ -163,6 +163,9 @@ def _train_one(name: str, config_values: dict, resume: bool, overwrite: bool) ->
         train(config, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Interrupted as exc:  # stopped by a signal after saving a checkpoint: resumable, not failed
+        log(str(exc))
+        raise SystemExit(exc.code) from None
     except Exception as exc:  # one failing method must not sink the comparison
         message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         _record_failure(Path(config.out_dir), name, config, message, traceback.format_exc())

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from loralab.config import RunConfig, config_from_dict, describe_options, load_config
-from loralab.errors import UserError
+from loralab.errors import Interrupted, UserError
 
 TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
 
@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"loralab: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"loralab: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print("loralab: interrupted", file=sys.stderr)
         return 130

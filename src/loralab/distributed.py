@@ -87,6 +87,15 @@ def shared_value(value: float, world: World, device: torch.device) -> float:
     return float(holder.item())
 
 
+def max_value(value: float, world: World, device: torch.device) -> float:
+    """The largest of the ranks' values (e.g. whether any rank received a stop signal)."""
+    if world.size == 1:
+        return value
+    holder = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(holder, op=dist.ReduceOp.MAX)
+    return float(holder.item())
+
+
 def finish(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from loralab.checkpoint import load_checkpoint, save_checkpoint
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, config_from_dict
 from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
-from loralab.errors import UserError
+from loralab.errors import Interrupted, UserError
 from loralab.evaluate import evaluate_task, validation_loss, validation_loss_and_accuracy
 from loralab.inference import load_base
 from loralab.kinds import get_kind
@@ -44,6 +45,7 @@ from loralab.report import (
 )
 from loralab.run_log import RunLog, check_reporters
 from loralab.speed import apply_speed_options, autocast_context, compiled_loss
+from loralab.stopping import stop_on_signals
 from loralab.swiglu import use_lean_swiglu
 from loralab.tasks import get_task
 
@@ -52,7 +54,7 @@ RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl"
              "wandb_run_id")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
-                     "gradient_checkpointing", "compile", "report_to", "lr", "on_nonfinite"}  # fmt: skip
+                     "gradient_checkpointing", "compile", "report_to", "on_nonfinite"}  # fmt: skip
 
 
 def _log(message: str) -> None:
@@ -108,8 +110,8 @@ def nonfinite_problem(step: int, loss: float, config: RunConfig, out: Path) -> s
     cause = f"lr {config.lr:g} may be too high"
     if config.autocast != "none":
         cause += f", or {config.autocast} autocast overflows (try autocast = none)"
-    return (f"step {step}: {what}; {cause}. The last good checkpoint is in {out / 'checkpoint'} (resume with "
-            f"--resume after lowering lr), or set on_nonfinite = \"skip\" to skip such steps")  # fmt: skip
+    return (f"step {step}: {what}; {cause}. The last good checkpoint is in {out / 'checkpoint'}: rerun with "
+            "--resume --on_nonfinite=skip to step past it, or lower lr and start again with --overwrite")  # fmt: skip
 
 
 def _origin(source: str) -> str:
@@ -263,60 +265,75 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     if not resume:
         evaluate_and_checkpoint()  # step 0: the base model's validation loss, the start of the curve
     model.train()
-    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
-               disable=not world.main)  # fmt: skip
-    while state.step < total_steps and not state.stopped_early:
-        batches = batch_order(lengths, config.batch_size, config.seed + state.epoch, config.group_by_length)
-        groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
-        for group in groups[state.batch_in_epoch :]:
-            t0 = time.time()
-            for g in optimizer.param_groups:
-                g["lr"] = config.lr * lr_factor(state.step, total_steps, warmup, config.lr_schedule)
-            micro = [collate_train([train_set[i] for i in batch], pad_id) for batch in group]
-            n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)  # of the whole step, all ranks
-            loss_total = torch.zeros((), dtype=torch.float64)
-            for batch in distributed.my_share(micro, world):
-                with autocast_context(config, device):
-                    loss_sum, _ = train_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-                (loss_sum / n_targets).backward()  # normalise by target tokens of the whole accumulated step
-                loss_total += loss_sum.item()
-            loss_total = distributed.sum_gradients(params, loss_total.to(device), world).item()
-            grads = [p.grad for p in params if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-            if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                problem = nonfinite_problem(state.step + 1, loss_total / n_targets, config, out)
-                if config.on_nonfinite == "stop":
-                    raise UserError(problem)
-                state.skipped_steps += 1
-                log(f"{problem.split(';')[0]}: skipped, no update ({state.skipped_steps} so far)")
-            else:
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batch_in_epoch += 1
-            state.train_time_s += time.time() - t0
-            train_loss = loss_total / n_targets
-            run_log.log({"step": state.step, "epoch": state.epoch, "train_loss": train_loss,
-                         "lr": optimizer.param_groups[0]["lr"], "target_tokens": n_targets,
-                         "memory_mb": current_memory_mb(device)})  # fmt: skip
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", epoch=state.epoch + 1)
-            end_of_epoch = state.batch_in_epoch == len(groups)
-            due = state.step % config.eval_every == 0 if config.eval_every else end_of_epoch
-            if due or state.step == total_steps:
-                evaluate_and_checkpoint()
-                model.train()
-                if config.patience and state.evals_without_improvement >= config.patience:
-                    state.stopped_early = True
-                    log(f"early stop: no improvement in {config.patience} evaluations")
-            if state.stopped_early or state.step >= total_steps:
-                break
-        if state.batch_in_epoch == len(groups):
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    bar.close()
+    with stop_on_signals() as stop:  # a signal ends the run between steps, with a checkpoint
+        bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", dynamic_ncols=True,
+                   disable=not world.main)  # fmt: skip
+        while state.step < total_steps and not state.stopped_early:
+            batches = batch_order(
+                lengths, config.batch_size, config.seed + state.epoch, config.group_by_length
+            )
+            groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
+            for group in groups[state.batch_in_epoch :]:
+                t0 = time.time()
+                for g in optimizer.param_groups:
+                    g["lr"] = config.lr * lr_factor(state.step, total_steps, warmup, config.lr_schedule)
+                micro = [collate_train([train_set[i] for i in batch], pad_id) for batch in group]
+                n_targets = sum(
+                    int((m["labels"] != IGNORE).sum()) for m in micro
+                )  # of the whole step, all ranks
+                loss_total = torch.zeros((), dtype=torch.float64)
+                for batch in distributed.my_share(micro, world):
+                    with autocast_context(config, device):
+                        loss_sum, _ = train_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                    (
+                        loss_sum / n_targets
+                    ).backward()  # normalise by target tokens of the whole accumulated step
+                    loss_total += loss_sum.item()
+                loss_total = distributed.sum_gradients(params, loss_total.to(device), world).item()
+                grads = [p.grad for p in params if p.grad is not None]
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+                if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
+                    optimizer.zero_grad(set_to_none=True)
+                    problem = nonfinite_problem(state.step + 1, loss_total / n_targets, config, out)
+                    if config.on_nonfinite == "stop":
+                        raise UserError(problem)
+                    state.skipped_steps += 1
+                    log(f"{problem.split(';')[0]}: skipped, no update ({state.skipped_steps} so far)")
+                else:
+                    if config.max_grad_norm > 0:
+                        torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.train_time_s += time.time() - t0
+                train_loss = loss_total / n_targets
+                run_log.log({"step": state.step, "epoch": state.epoch, "train_loss": train_loss,
+                             "lr": optimizer.param_groups[0]["lr"], "target_tokens": n_targets,
+                             "memory_mb": current_memory_mb(device)})  # fmt: skip
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.4f}", epoch=state.epoch + 1)
+                end_of_epoch = state.batch_in_epoch == len(groups)
+                due = state.step % config.eval_every == 0 if config.eval_every else end_of_epoch
+                if due or state.step == total_steps:
+                    evaluate_and_checkpoint()
+                    model.train()
+                    if config.patience and state.evals_without_improvement >= config.patience:
+                        state.stopped_early = True
+                        log(f"early stop: no improvement in {config.patience} evaluations")
+                signum = stop.pending(world, device)
+                if signum:  # SIGINT / SIGTERM: this step is done; keep it and leave
+                    if world.main:
+                        save_checkpoint(out / "checkpoint", model, optimizer, vars(state))
+                    bar.close()
+                    raise Interrupted(f"stopped by {signal.Signals(signum).name} after step {state.step}; checkpoint saved "
+                                      f"in {out / 'checkpoint'}: run the same command with --resume to continue",
+                                      128 + signum)  # fmt: skip
+                if state.stopped_early or state.step >= total_steps:
+                    break
+            if state.batch_in_epoch == len(groups):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        bar.close()
     train_peak_mb = peak_memory_mb(device)
     if not world.main:  # rank 0 alone evaluates on the test split and writes the summary
         distributed.finish(world)
