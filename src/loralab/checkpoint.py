@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from loralab.errors import UserError
+from loralab.tensor_files import read_tensors
 
 
 def save_checkpoint(
@@ -55,14 +56,15 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     if not (directory / "state.json").is_file():
         raise UserError(f"no checkpoint in {directory}; start the run without --resume")
     meta = json.loads((directory / "state.json").read_text())
-    weights = load_file(str(directory / "weights.safetensors"))
+    fix = "the checkpoint is damaged: start the run again without --resume (with --overwrite)"
+    weights = read_tensors(directory / "weights.safetensors", fix)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params):
         raise UserError(f"checkpoint in {directory} does not fit this model/config; start a new out_dir")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    tensors = load_file(str(directory / "optimizer.safetensors"))
+    tensors = read_tensors(directory / "optimizer.safetensors", fix)
     torch.set_rng_state(tensors.pop("rng.torch"))
     state: dict[int, dict] = {}
     for key, value in tensors.items():

@@ -18,13 +18,14 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
 from loralab.lora.inject import apply_lora, linear_module_names, lora_layers
+from loralab.tensor_files import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -174,7 +175,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
 def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Copy an adapter folder's tensors into a model that already has the same LoRA layers."""
     directory = Path(directory)
-    saved = load_file(str(directory / WEIGHTS_FILE))
+    saved = read_tensors(directory / WEIGHTS_FILE, "save the adapter again (save_adapter or loralab train)")
     expected = adapter_tensors(model)
     missing = sorted(set(expected) - set(saved))
     if missing:
