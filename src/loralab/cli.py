@@ -238,7 +238,7 @@ def _generate_with_adapters(args: argparse.Namespace, overrides: list[str]) -> l
         )
     runs = [_run_config(folder, None, overrides) for folder in args.run_dirs]
     names = [run.name for _, run in runs]
-    choices = args.adapter or [names[0]] if len(runs) == 1 else args.adapter
+    choices = args.adapter  # set whenever there is only one run (cmd_generate routes here only then)
     if not choices:
         raise UserError(f"with several runs, say which one each prompt uses: --adapter NAME per prompt "
                         f"(names: {', '.join(names)}, or none)")  # fmt: skip

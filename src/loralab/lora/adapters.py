@@ -24,6 +24,7 @@ from torch import nn
 
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
+from loralab.lora.inject import all_lora_layers
 from loralab.lora.layer import LoRALinear, RowAdapters, full_B
 
 DEFAULT = "default"
@@ -54,17 +55,13 @@ def register_first(model: nn.Module, name: str) -> None:
     model.active_adapter = name
 
 
-def _layers(model: nn.Module) -> dict[str, LoRALinear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-
-
 def _layer_state(layer: LoRALinear) -> dict:
     state = {key: getattr(layer, key) for key in STATE_ATTRIBUTES}
     return state | {key: layer._parameters.get(key) for key in STATE_PARAMETERS}
 
 
 def _snapshot(model: nn.Module) -> dict:
-    layers = _layers(model)
+    layers = all_lora_layers(model)
     targets = list(model.lora_target_names)
     return {
         "config": model.lora_config,
@@ -99,7 +96,7 @@ def set_adapter(model: nn.Module, name: str) -> None:
     if name not in registry:
         raise UserError(f"no adapter named {name!r}; loaded: {', '.join(adapter_names(model))}")
     entry = registry[name]
-    for layer_name, layer in _layers(model).items():
+    for layer_name, layer in all_lora_layers(model).items():
         _install(layer, entry["layers"].get(layer_name))
     model.lora_config, model.lora_target_names, model.active_adapter = entry["config"], entry["targets"], name
 
@@ -122,7 +119,7 @@ def add_adapter(model: nn.Module, directory: str | Path, name: str) -> nn.Module
                         "share; load it alone (as the first adapter) or into its own copy of the base model")  # fmt: skip
     previous = model.active_adapter
     targets = find_target_modules(model, config, include_wrapped=True)
-    layers = _layers(model)
+    layers = all_lora_layers(model)
     for target in targets:
         if target not in layers:  # a layer no earlier adapter touched: wrap it; the others pass through it
             layers[target] = LoRALinear(model.get_submodule(target), 1, 1.0)
@@ -148,7 +145,7 @@ def add_adapter(model: nn.Module, directory: str | Path, name: str) -> nn.Module
 @contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[None]:
     """Inside the block the model computes as its base model (every LoRA update taken out)."""
-    layers = list(_layers(model).values())
+    layers = list(all_lora_layers(model).values())
     for layer in layers:
         layer.unmerge()
         layer.disabled = True
@@ -173,7 +170,7 @@ def adapter_per_row(model: nn.Module, names: list[str | None]) -> Iterator[None]
         raise UserError(
             "DoRA adapters scale the whole weight and cannot share a batch; run them one at a time"
         )
-    layers = _layers(model)
+    layers = all_lora_layers(model)
     for layer_name, layer in layers.items():
         layer.unmerge()
         weights = {}

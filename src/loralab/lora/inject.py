@@ -201,7 +201,7 @@ def merge_lora(model: nn.Module) -> None:
 def set_auto_merge(model: nn.Module, enabled: bool) -> None:
     """Whether eval() folds each LoRA update into its weight (the default) or keeps it separate; turning it off
     also takes merged updates back out."""
-    for layer in _wrappers(model):
+    for layer in all_lora_layers(model).values():
         layer.auto_merge = enabled
         if not enabled:
             layer.unmerge()
@@ -211,20 +211,20 @@ def set_auto_merge(model: nn.Module, enabled: bool) -> None:
 
 def unmerge_lora(model: nn.Module) -> None:
     """Take every merged LoRA update back out of its weight (idempotent)."""
-    for layer in _wrappers(model):
+    for layer in all_lora_layers(model).values():
         layer.unmerge()
 
 
-def _wrappers(model: nn.Module) -> list[LoRALinear]:
-    """Every LoRALinear, including those that only inactive adapters use."""
-    return [module for module in model.modules() if isinstance(module, LoRALinear)]
+def all_lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Every LoRALinear by name, including those that only inactive adapters use (lora_layers: the active
+    adapter's)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
 
 
 def unload_lora(model: nn.Module) -> nn.Module:
     """Merge the (active) LoRA update into each weight and put the plain base layer back in the wrapper's place
     (in place): the model is again the architecture it was loaded as, with the adapted weights."""
-    wrappers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
-    for name, layer in wrappers:
+    for name, layer in all_lora_layers(model).items():
         layer.merge()  # the active adapter's update; layers it does not touch (or disabled) stay as they are
         set_submodule(model, name, layer.base_layer)
     for attribute in ("lora_config", "lora_target_names", "lora_adapters", "active_adapter"):

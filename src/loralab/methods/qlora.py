@@ -19,7 +19,8 @@ from torch import nn
 from loralab.atomic import write_text_atomically
 from loralab.config import RunConfig
 from loralab.errors import UserError
-from loralab.lora import LoRALinear, load_adapter
+from loralab.lora import load_adapter
+from loralab.lora.inject import all_lora_layers
 from loralab.lora.nf4 import BLOCK_SIZE, NF4Linear, to_linear
 from loralab.methods import lora
 
@@ -28,7 +29,7 @@ QUANT_FILE = "quantization.json"
 
 def quantize_base(model: nn.Module, double_quant: bool = True) -> nn.Module:
     """Replace the nn.Linear inside every LoRA layer by an NF4Linear (in place); frees the fp32 weights."""
-    layers = [layer for layer in model.modules() if isinstance(layer, LoRALinear)]
+    layers = list(all_lora_layers(model).values())
     if not any(isinstance(layer.base_layer, nn.Linear) for layer in layers):
         raise UserError("qlora found no nn.Linear under LoRA to quantize (GPT-2's Conv1D is not supported); "
                         "use method lora for this model")  # fmt: skip
@@ -55,8 +56,8 @@ def _own_storage(model: nn.Module) -> None:
 
 def dequantize_base(model: nn.Module) -> nn.Module:
     """Replace every NF4Linear by a full-precision nn.Linear with its dequantized weight (in place)."""
-    for layer in model.modules():
-        if isinstance(layer, LoRALinear) and isinstance(layer.base_layer, NF4Linear):
+    for layer in all_lora_layers(model).values():
+        if isinstance(layer.base_layer, NF4Linear):
             layer.base_layer = to_linear(layer.base_layer)
     return model
 
