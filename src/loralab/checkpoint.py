@@ -1,33 +1,99 @@
-"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON, swapped in atomically.
+"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON, each file checksummed.
 
     checkpoint/weights.safetensors     every trainable parameter, by name
-    checkpoint/optimizer.safetensors   AdamW moments (state.<i>.<key>) and the torch RNG state
-    checkpoint/state.json              step, epoch, position in the epoch, best loss, optimizer param groups, ...
+    checkpoint/optimizer.safetensors   AdamW moments (state.<i>.<key>) and the RNG states of torch and numpy
+    checkpoint/state.json              step, epoch, position in the epoch, best loss, optimizer param groups,
+                                       python's RNG state and the SHA-256 of the two tensor files
 
-The folder is written as a temp folder and renamed over the old one, so a crash leaves either the old
-checkpoint or the new one, never half of each.
+The learning rate needs no saved scheduler: it is a function of the step (train.lr_factor). The data order
+of an epoch is a function of the seed and the epoch, so the position in it is one number.
+
+A new checkpoint is written into a temp folder (files fsynced), then the current one becomes
+`checkpoint.previous` and the temp folder `checkpoint`: a crash at any moment leaves at least one complete
+checkpoint. `usable_checkpoint` checks the checksums and picks the previous one when the latest is damaged
+or missing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from loralab.errors import UserError
 from loralab.tensor_files import read_tensors
 
+TENSOR_FILES = ("weights.safetensors", "optimizer.safetensors")
+STATE_FILE = "state.json"
+
+
+def previous_of(directory: Path) -> Path:
+    """Where the checkpoint before the latest one is kept."""
+    return directory.with_name(f"{directory.name}.previous")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    return tensors | {"rng.numpy_rest": torch.tensor([pos, has_gauss], dtype=torch.int64),
+                      "rng.numpy_gauss": torch.tensor([gauss], dtype=torch.float64)}  # fmt: skip
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], python_state: list | None) -> None:
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    states = [tensors.pop(k) for k in cuda]
+    if states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states)
+    if "rng.numpy" in tensors:
+        keys, rest, gauss = (
+            tensors.pop("rng.numpy"),
+            tensors.pop("rng.numpy_rest"),
+            tensors.pop("rng.numpy_gauss"),
+        )
+        pos, has_gauss = (int(v) for v in rest)
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, float(gauss[0])))
+    if python_state is not None:  # None: a checkpoint written before python's state was kept
+        version, internal, gauss_next = python_state
+        random.setstate((version, tuple(internal), gauss_next))
+
 
 def save_checkpoint(
     directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
+    """Write weights, optimizer moments, RNG states and `state` as the new latest checkpoint, atomically."""
     weights = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
     opt = optimizer.state_dict()
-    tensors = {"rng.torch": torch.get_rng_state()}
+    tensors = _rng_tensors()
     scalars: dict[str, dict] = {}
     for index, slots in opt["state"].items():
         for key, value in slots.items():
@@ -35,37 +101,93 @@ def save_checkpoint(
                 tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    meta = dict(state, param_groups=opt["param_groups"], optimizer_scalars=scalars)
+    meta = dict(state, param_groups=opt["param_groups"], optimizer_scalars=scalars,
+                python_rng=list(random.getstate()))  # fmt: skip
+    for stale in directory.parent.glob(f".{directory.name}.*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        save_file(weights, str(tmp / "weights.safetensors"))
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        old = directory.with_name(f".{directory.name}.old")
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        save_file(weights, str(tmp / TENSOR_FILES[0]))
+        save_file(tensors, str(tmp / TENSOR_FILES[1]))
+        meta["sha256"] = {name: sha256_of(tmp / name) for name in TENSOR_FILES}
+        (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2))
+        for name in (*TENSOR_FILES, STATE_FILE):
+            _fsync(tmp / name)
+        _rotate_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _rotate_in(tmp: Path, directory: Path) -> None:
+    """latest → previous, tmp → latest; each step a rename, so some complete checkpoint is always on disk."""
+    previous = previous_of(directory)
+    if directory.exists():
+        if previous.exists():
+            trash = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.trash."))
+            previous.rename(trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        directory.rename(previous)
+    tmp.rename(directory)
+    _fsync(directory.parent)
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why the checkpoint in `directory` cannot be used (missing, unreadable, checksum mismatch), or None."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        sums = json.loads(path.read_text()).get("sha256", {})  # {}: written before checksums were kept
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        return f"{path} is unreadable ({type(exc).__name__})"
+    for name in TENSOR_FILES:
+        if not (directory / name).is_file():
+            return f"{directory / name} is missing"
+        if sums and sha256_of(directory / name) != sums.get(name):
+            return f"{directory / name} does not match its checksum (damaged or partly written)"
+    return None
+
+
+def usable_checkpoint(directory: Path, log: Callable[[str], None]) -> Path | None:
+    """The latest checkpoint that passes its checks (`directory` or its previous one); None if there is none
+    at all. A damaged latest one is reported through `log`; if every one is damaged, UserError."""
+    candidates = (directory, previous_of(directory))
+    if not any(d.exists() for d in candidates):
+        return None
+    problems = []
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            if problems:
+                log(f"{problems[0]}; resuming from the previous checkpoint, {candidate}")
+            return candidate
+        problems.append(problem)
+    raise UserError(f"no usable checkpoint: {'; '.join(problems)}; start the run again without --resume "
+                    "(with --overwrite)")  # fmt: skip
+
+
 def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore trainable weights, optimizer moments and RNG; return the saved state dict."""
-    if not (directory / "state.json").is_file():
+    """Restore trainable weights, optimizer moments and RNG states from `directory`; return the saved state.
+
+    `directory` is one checkpoint folder; usable_checkpoint picks between the latest and the previous one."""
+    if not (directory / STATE_FILE).is_file():
         raise UserError(f"no checkpoint in {directory}; start the run without --resume")
-    meta = json.loads((directory / "state.json").read_text())
     fix = "the checkpoint is damaged: start the run again without --resume (with --overwrite)"
-    weights = read_tensors(directory / "weights.safetensors", fix)
+    try:
+        meta = json.loads((directory / STATE_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{directory / STATE_FILE} is not valid JSON; {fix}") from None
+    weights = read_tensors(directory / TENSOR_FILES[0], fix)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != set(params):
+    if set(weights) != set(params) or any(weights[k].shape != params[k].shape for k in params):
         raise UserError(f"checkpoint in {directory} does not fit this model/config; start a new out_dir")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    tensors = read_tensors(directory / "optimizer.safetensors", fix)
-    torch.set_rng_state(tensors.pop("rng.torch"))
+    tensors = read_tensors(directory / TENSOR_FILES[1], fix)
+    meta.pop("sha256", None)
+    _restore_rng(tensors, meta.pop("python_rng", None))
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, index, slot = key.split(".", 2)

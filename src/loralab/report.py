@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from loralab.atomic import write_atomically, write_text_atomically
+from loralab.errors import UserError
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -27,9 +28,19 @@ def append_metrics(path: Path, record: dict) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a last line cut short (the process was killed while writing it) is
+    left out."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path} line {number} is not JSON; delete the line or the file") from None
+    return records
 
 
 def _status_kib(field: str) -> int | None:

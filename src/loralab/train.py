@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from loralab import distributed
-from loralab.checkpoint import load_checkpoint, save_checkpoint
+from loralab.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, config_from_dict
 from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
@@ -30,6 +30,7 @@ from loralab.evaluate import evaluate_task, validation_loss, validation_loss_and
 from loralab.inference import load_base
 from loralab.kinds import get_kind
 from loralab.lora import count_parameters
+from loralab.lora.inject import updates_kept_separate
 from loralab.loss import packing_problem
 from loralab.methods import get_method
 from loralab.models import model_kind, resolve_device
@@ -50,8 +51,8 @@ from loralab.swiglu import use_lean_swiglu
 from loralab.tasks import get_task
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
-             "loss_curve.png", "adapter", "checkpoint", "teacher_logits.safetensors", "tensorboard", "wandb",
-             "wandb_run_id")  # fmt: skip
+             "loss_curve.png", "adapter", "checkpoint", "checkpoint.previous", "teacher_logits.safetensors",
+             "tensorboard", "wandb", "wandb_run_id")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
                      "gradient_checkpointing", "compile", "report_to", "on_nonfinite"}  # fmt: skip
@@ -212,39 +213,42 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     metrics_path = out / "metrics.jsonl"
-    state = TrainState()
+    state, restarted = TrainState(), False
     if resume:
-        state = TrainState(**load_checkpoint(out / "checkpoint", model, optimizer))
-        log(f"resuming at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
+        found = usable_checkpoint(out / "checkpoint", log)
+        if found is None:  # stopped before its first checkpoint: nothing was trained yet
+            restarted, resume = True, False
+            log(f"no checkpoint in {out} yet: starting from step 0")
+        else:
+            state = TrainState(**load_checkpoint(found, model, optimizer))
+            log(f"resuming at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
-        if resume:  # lines logged after the checkpoint belong to steps that are about to be redone
-            write_lines_atomically(
-                metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= state.step]
-            )
+        if resume or restarted:  # the lines logged after the checkpoint: steps that are about to be redone
+            kept = [r for r in read_metrics(metrics_path) if resume and r["step"] <= state.step]
+            write_lines_atomically(metrics_path, kept)
         else:
             write_json_atomically(out / "config.json", config.to_dict())
-    run_log = RunLog(out, config.report_to, config.to_dict(), resume_step=state.step + 1 if resume else None,
-                     enabled=world.main)  # fmt: skip
+    first_new_step = state.step + 1 if resume else 0 if restarted else None
+    run_log = RunLog(out, config.report_to, config.to_dict(), resume_step=first_new_step, enabled=world.main)
     pad_id = tokenizer.pad_token_id
 
-    def evaluate_and_checkpoint() -> None:
-        t0 = time.time()
+    def validate() -> dict:
+        """The validation loss (and a classification head's accuracy) of the model as it is now."""
         if kind.generative:
             val_loss = validation_loss(model, val_set, config.eval_batch_size, pad_id, device, kind.collate,
                                        kind.loss_sum)  # fmt: skip
-            record = {"step": state.step, "epoch": state.epoch, "val_loss": val_loss}
-        else:  # a classification head: its accuracy comes from the same forward passes
-            val_loss, accuracy = validation_loss_and_accuracy(model, val_set, config.eval_batch_size, pad_id,
-                                                              device, kind.collate)  # fmt: skip
-            record = {
-                "step": state.step,
-                "epoch": state.epoch,
-                "val_loss": val_loss,
-                "val_accuracy": accuracy,
-            }
+            return {"step": state.step, "epoch": state.epoch, "val_loss": val_loss}
+        val_loss, accuracy = validation_loss_and_accuracy(model, val_set, config.eval_batch_size, pad_id, device,
+                                                          kind.collate)  # fmt: skip
+        return {"step": state.step, "epoch": state.epoch, "val_loss": val_loss, "val_accuracy": accuracy}
+
+    def evaluate_and_checkpoint() -> None:
+        t0 = time.time()
+        with updates_kept_separate(model):  # bit-exact frozen weights, so that a resumed run equals this one
+            record = validate()
         # under torchrun every rank takes rank 0's figure, so that all decide alike (best, early stop)
-        val_loss = record["val_loss"] = distributed.shared_value(val_loss, world, device)
+        val_loss = record["val_loss"] = distributed.shared_value(record["val_loss"], world, device)
         improved = val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0

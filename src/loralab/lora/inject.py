@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -207,6 +208,26 @@ def set_auto_merge(model: nn.Module, enabled: bool) -> None:
             layer.unmerge()
         elif not layer.training:
             layer.train(False)
+
+
+@contextmanager
+def updates_kept_separate(model: nn.Module) -> Iterator[None]:
+    """Inside the block eval() does not merge: each LoRA layer adds its update on the side (one product with
+    W + s·B·A formed per call where that pays), and the frozen weights are never written.
+
+    merge then unmerge returns W0 only up to float rounding (fl(fl(W0 + ΔW) − ΔW) ≠ W0 in the last bit), so
+    validating a merged model inside training would make the run differ from one resumed from a checkpoint,
+    which starts from the pristine weights."""
+    layers = list(all_lora_layers(model).values())
+    flags = [layer.auto_merge for layer in layers]
+    for layer in layers:
+        layer.unmerge()
+        layer.auto_merge = False
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, flags, strict=True):
+            layer.auto_merge = flag
 
 
 def unmerge_lora(model: nn.Module) -> None:
