@@ -4,6 +4,7 @@ Most tests run twice: with the namespaces this machine offers, and in the rlimit
 must still contain what it claims to. Tests that need namespaces are skipped, with the reason, without them.
 """
 
+import json
 import os
 import resource
 import select
@@ -85,7 +86,8 @@ def test_isolation_is_described_once():
     description = sandbox.isolation()
     assert description and description is sandbox.isolation()
     if sandbox._probe().namespaces:
-        assert description.startswith("user+pid+net+mount namespaces")
+        assert "user+pid+net+ipc+mount namespaces via unshare" in description
+        assert "NO namespaces" not in description
 
 
 def test_falls_back_when_namespaces_fail(monkeypatch):
@@ -93,6 +95,40 @@ def test_falls_back_when_namespaces_fail(monkeypatch):
     fallback = sandbox._detect()
     assert not fallback.namespaces
     assert "NO namespaces" in fallback.description and "sandbox did not start" in fallback.description
+    assert any(item.startswith("file protection") for item in fallback.missing)
+
+
+def print_isolation(capsys: pytest.CaptureFixture) -> list[str]:
+    from loralab.cli import main
+
+    assert main(["sandbox"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_cli_prints_each_layer_and_each_missing_protection(capsys):
+    active, missing = sandbox.isolation_layers()
+    lines = print_isolation(capsys)
+    assert lines[1:] == [f"  active:  {layer}" for layer in active] + [
+        f"  missing: {item}" for item in missing or ["nothing"]
+    ]
+    assert any("rlimits" in line for line in lines)
+
+
+def test_cli_says_what_the_fallback_lacks(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "UNSHARE_FLAGS", (*sandbox.UNSHARE_FLAGS, "--no-such-option"))
+    fallback = sandbox._detect()
+    monkeypatch.setattr(sandbox, "_probe", lambda: fallback)
+    lines = print_isolation(capsys)
+    assert any(line.startswith("  missing: namespaces (") for line in lines), lines
+    assert any(line.startswith("  missing: file protection") for line in lines), lines
+    assert not any("namespaces via unshare" in line for line in lines)
+
+
+def test_code_eval_logs_the_isolation_when_it_starts(capsys):
+    from loralab.code_eval import execute
+
+    assert execute([["assert 1 + 1 == 2"]], progress=False)["pass@1"] == 1.0
+    assert f"loralab: sandbox: {sandbox.isolation()}\n" in capsys.readouterr().err
 
 
 def test_prints_and_exits_ok(mode):
@@ -469,3 +505,349 @@ def test_stays_usable_after_a_run_is_interrupted_from_another_thread(mode):
     results["fast"] = run_code("print('fast')")
     slow.join()
     assert results["fast"].stdout == "fast\n" and results["slow"].status == "timeout"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile programs that attack the sandbox itself: its limits, its output bound, its work directory.
+
+RAISE_LIMITS = """
+import resource
+for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE"):
+    which = getattr(resource, name)
+    _soft, hard = resource.getrlimit(which)
+    resource.setrlimit(which, (hard, hard))  # soft up to hard: allowed
+    try:
+        resource.setrlimit(which, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print("RAISED", name)
+    except (OSError, ValueError):
+        pass
+print("limits done", flush=True)
+"""
+
+MISBEHAVIOURS = {
+    "cpu": "while True:\n    pass\n",
+    "memory": "chunks = [bytearray(50 * 2**20) for _ in range(8)]\nprint('ALLOCATED')\n",
+    "file": "with open('big.bin', 'wb') as file:\n    for _ in range(32):\n        file.write(bytes(2**20))\n"
+    "print('WRITTEN')\n",
+}
+
+
+@pytest.mark.parametrize("misbehaviour", MISBEHAVIOURS)
+def test_raising_its_own_limits_gains_nothing(mode, misbehaviour):
+    result = run_code(RAISE_LIMITS + MISBEHAVIOURS[misbehaviour], timeout_s=1.0, memory_mb=256)
+    assert "limits done" in result.stdout and "RAISED" not in result.stdout, result
+    expected = {
+        "cpu": ("timeout",),
+        "memory": ("error", "killed"),  # MemoryError at RLIMIT_AS, or the launcher's total
+        "file": ("error",),
+    }[misbehaviour]
+    assert result.status in expected, result
+    assert "ALLOCATED" not in result.stdout and "WRITTEN" not in result.stdout
+    if misbehaviour == "file":
+        assert "File too large" in result.stderr
+    assert result.duration_s < 3
+
+
+LAUNCHER_ATTACKS = {
+    "kill": "os.kill(os.getppid(), signal.SIGKILL)",
+    "stop": "os.kill(os.getppid(), signal.SIGSTOP)",
+    "cripple": "resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (3, 3))",
+}
+
+
+@pytest.mark.parametrize("attack", LAUNCHER_ATTACKS)
+def test_attacking_the_launcher_does_not_escape_the_deadline(mode, attack):
+    """The program kills, stops or cripples (prlimit) the launcher, tries to ptrace it, then runs on."""
+    result = run_code(
+        program(
+            """
+        import ctypes, os, resource, signal, time
+        print(os.getcwd(), flush=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("ptrace", libc.ptrace(16, os.getppid(), 0, 0), flush=True)  # PTRACE_ATTACH
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        try:
+            {attack}
+        except OSError as exc:
+            print("refused:", exc, flush=True)
+        while True:
+            pass
+        """.replace("{attack}", LAUNCHER_ATTACKS[attack])
+        ),
+        timeout_s=0.5,
+    )
+    assert result.status in ("timeout", "killed"), result
+    assert "ptrace -1" in result.stdout
+    assert result.duration_s < 0.5 + sandbox.STOP_GRACE_S + 1.0  # a stopped launcher needs the SIGKILL
+    assert processes_in(result.stdout.splitlines()[0]) == []
+    assert_still_works()
+
+
+def test_cannot_change_kernel_settings_or_nest_namespaces():
+    """Writes only the value it read (harmless if it got through) to sysctls and /proc files."""
+    _require_namespaces()
+    result = run_code(
+        program("""
+        import ctypes, os
+        for path in ("/proc/sys/kernel/pid_max", "/proc/sys/user/max_user_namespaces",
+                     "/proc/self/oom_score_adj", "/proc/1/oom_score_adj"):
+            try:
+                value = open(path).read()
+                with open(path, "w") as file:
+                    file.write(value)
+                print("WROTE", path)
+            except OSError as exc:
+                print("blocked:", path, exc)
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, flag in [("user", 0x10000000), ("mount", 0x20000), ("pid", 0x20000000), ("net", 0x40000000)]:
+            if libc.unshare(flag) == 0:
+                print("UNSHARED", name)
+            else:
+                print("blocked:", name, os.strerror(ctypes.get_errno()))
+        """)
+    )
+    assert result.status == "ok", result
+    assert "WROTE" not in result.stdout and "UNSHARED" not in result.stdout, result.stdout
+    assert result.stdout.count("blocked:") == 8
+
+
+CALLER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+if sys.argv[2] == "rlimits-only":
+    sandbox._probe = lambda: sandbox.Isolation(False, "forced")
+result = sandbox.run_code(sys.stdin.read().replace("CALLER_PID", str(os.getpid())), timeout_s=5.0)
+print(json.dumps({"status": result.status, "truncated": result.truncated, "stdout": result.stdout,
+                  "stderr": result.stderr}))
+"""
+
+WRITE_EVERYWHERE = """
+import os
+def opener(path):
+    return lambda: os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+vectors = {
+    "fd1": lambda: 1, "fd2": lambda: 2, "dup1": lambda: os.dup(1), "dup2": lambda: os.dup(2),
+    **{path: opener(path) for path in ("/proc/self/fd/1", "/proc/self/fd/2", "/dev/stdout", "/dev/stderr",
+                                       "/dev/tty", f"/proc/{os.getppid()}/fd/1", f"/proc/{os.getppid()}/fd/2")},
+}
+if REACH_CALLER:
+    vectors.update({path: opener(path) for path in ("/proc/CALLER_PID/fd/1", "/proc/CALLER_PID/fd/2")})
+for fd in range(3, 1024):  # anything inherited besides 0, 1, 2
+    try:
+        os.fstat(fd)
+        vectors[f"inherited{fd}"] = lambda fd=fd: fd
+    except OSError:
+        pass
+for name, get in vectors.items():
+    try:
+        os.write(get(), f"[LEAK {name}]".encode() * 100)
+    except OSError as exc:
+        print("blocked", name, exc.errno, flush=True)
+while True:
+    os.write(1, b"y" * 2**20)
+"""
+
+
+def test_output_reaches_the_caller_only_through_the_bounded_pipes(mode):
+    """A caller process runs a program that writes megabytes by every route to any stdout or stderr: the
+    caller's own stdout and stderr get nothing, the result keeps at most MAX_OUTPUT_BYTES of each."""
+    source = WRITE_EVERYWHERE.replace("REACH_CALLER", str(mode == NAMESPACES))  # fallback: caller reachable
+    caller = subprocess.run(
+        [sys.executable, "-c", CALLER, os.path.dirname(sandbox.__file__), mode],
+        input=source,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert caller.stderr == "" and caller.stdout.count("\n") == 1, caller.stderr[-2000:]
+    result = json.loads(caller.stdout)
+    assert (result["status"], result["truncated"]) == ("killed", True), result
+    assert len(result["stdout"]) <= MAX_OUTPUT_BYTES and len(result["stderr"]) <= MAX_OUTPUT_BYTES
+    assert "inherited" not in result["stdout"] + result["stderr"]
+    if mode == NAMESPACES:  # the launcher's fds (not dumpable) and the caller's (another PID namespace)
+        assert result["stdout"].count("blocked /proc/") == 4, result["stdout"][:2000]
+
+
+def test_inherits_only_stdin_stdout_stderr(mode):
+    result = run_code(
+        program("""
+        import os
+        print("stdin", os.read(0, 100))
+        found = []
+        for fd in range(3, 1024):
+            try:
+                os.fstat(fd)
+                found.append(fd)
+            except OSError:
+                pass
+        print("open", found)
+        """)
+    )
+    assert result.stdout == "stdin b''\nopen []\n", result
+
+
+DEVICES = {"null", "zero", "full", "random", "urandom", "tty", "shm", "fd", "stdin", "stdout", "stderr"}
+
+
+def test_sees_no_terminals_or_devices_but_the_harmless_ones():
+    """The host's /dev holds the user's terminals (and, for root, the console and the kernel log): a program
+    must not open them, not even our own pty. It only opens, never writes, so a failure harms nothing."""
+    _require_namespaces()
+    master, slave = os.openpty()
+    try:
+        result = run_code(
+            program(
+                """
+            import os
+            print(sorted(os.listdir("/dev")))
+            for path in [{pty}, "/dev/console", "/dev/kmsg", "/dev/tty0", "/dev/tty1", "/dev/loop0", "/dev/ptmx"]:
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK))
+                    print("OPENED", path)
+                except OSError as exc:
+                    print("blocked:", path, exc.strerror)
+            with open("/dev/null", "w") as null, open("/dev/urandom", "rb") as urandom:
+                print("works", null.write("x"), len(urandom.read(4)))
+            """,
+                pty=os.ttyname(slave),
+            )
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.status == "ok", result
+    listing, *attempts, works = result.stdout.splitlines()
+    assert set(eval(listing)) <= DEVICES, listing
+    assert not [line for line in attempts if "OPENED" in line], attempts
+    assert works == "works 1 4"
+
+
+def test_links_cannot_reach_outside_its_directory(victim_dir):
+    """Symlinks (also via /proc/<pid>/root) and hard links to a file outside: writing through them fails."""
+    _require_namespaces()
+    target = victim_dir / "precious.txt"
+    target.write_text("precious data\n")
+    before = sorted(os.listdir(victim_dir)), target.stat().st_mode, target.stat().st_mtime_ns
+    result = run_code(
+        program(
+            """
+        import os
+        target, directory, test_pid = {target}, {directory}, {test_pid}
+        links = {{"link": target, "dirlink": directory, "root1": f"/proc/1/root{{target}}",
+                  "rootparent": f"/proc/{{os.getppid()}}/root{{target}}", "roottest": f"/proc/{{test_pid}}/root{{target}}",
+                  "rootself": f"/proc/self/root{{target}}"}}
+        for name, destination in links.items():
+            os.symlink(destination, name)
+        try:
+            os.link(target, "hard")
+            print("LINKED")
+        except OSError as exc:
+            print("blocked: link", exc.strerror)
+        for path in ["link", "dirlink/precious.txt", "dirlink/new.txt", "root1", "rootparent", "roottest",
+                     "rootself"]:
+            try:
+                with open(path, "a") as file:
+                    file.write("changed")
+                print("WROTE", path)
+            except OSError as exc:
+                print("blocked:", path, exc.strerror)
+        """,
+            target=str(target),
+            directory=str(victim_dir),
+            test_pid=os.getpid(),
+        )
+    )
+    assert result.status == "ok", result
+    assert "WROTE" not in result.stdout and "LINKED" not in result.stdout, result.stdout
+    assert result.stdout.count("blocked:") == 8
+    assert target.read_text() == "precious data\n"
+    assert (sorted(os.listdir(victim_dir)), target.stat().st_mode, target.stat().st_mtime_ns) == before
+
+
+CLEANUP_TRICKS = {
+    # links in the work dir to the victim, under a directory it then locks (mode 000)
+    "links": """
+os.symlink(victim, "dirlink")
+os.symlink(victim + "/precious.txt", "filelink")
+os.makedirs("locked/deeper")
+os.symlink(victim, "locked/deeper/dirlink")
+os.chmod("locked/deeper", 0)
+os.chmod("locked", 0)
+os.chmod(".", 0)
+""",
+    # the work dir moved away (and locked) and replaced by a symlink to the victim
+    "swap": """
+os.chdir("/")
+os.rename(workdir, workdir + ".moved")
+os.chmod(workdir + ".moved", 0)
+os.symlink(victim, workdir)
+""",
+}
+
+
+@pytest.mark.parametrize("trick", CLEANUP_TRICKS)
+def test_cleanup_does_not_follow_links_out_of_its_directory(mode, trick, tmp_path):
+    """The supervisor deletes the work directory; a program that plants links or replaces the directory with
+    a symlink must not make it change or delete anything outside, nor leave the work directory behind."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "precious.txt").write_text("precious data\n")
+    victim.chmod(0o755)
+    (victim / "sub").chmod(0o750)
+
+    def state() -> list:
+        return sorted((str(p), p.stat().st_mode, p.stat().st_mtime_ns) for p in [victim, *victim.rglob("*")])
+
+    before = state()
+    source = "import os\nworkdir = os.getcwd()\nprint(workdir, flush=True)\n"
+    source += f"victim = {str(victim)!r}\n" + CLEANUP_TRICKS[trick]
+    result = run_code(source + "print('done')\n")
+    assert result.status == "ok" and result.stdout.endswith("done\n"), result
+    workdir = result.stdout.splitlines()[0]
+    assert state() == before
+    assert (victim / "precious.txt").read_text() == "precious data\n"
+    assert not os.path.lexists(workdir) and not os.path.lexists(workdir + ".moved")
+    assert_still_works()
+
+
+def test_memory_in_memfd_files_counts(mode):
+    """memfd files hold RAM that RLIMIT_AS does not see (RLIMIT_FSIZE caps each file, not their number)."""
+    result = run_code(
+        program("""
+        import os, time
+        files = []
+        for i in range(10):
+            files.append(os.memfd_create(f"block{{i}}"))
+            for _ in range(15):
+                os.write(files[-1], b"x" * 2**20)
+        print("HELD", flush=True)
+        time.sleep(2)
+        """),
+        timeout_s=10.0,
+        memory_mb=100,
+    )
+    assert (result.status, result.returncode) == ("killed", -9), result
+    assert "together" in result.stderr
+    assert result.duration_s < 5
+
+
+def test_shared_memory_does_not_outlive_the_run():
+    """A SysV shared memory segment is not freed when its creator exits: it must die with the IPC namespace."""
+    _require_namespaces()
+    key = 0x10A0000 + os.getpid() % 0xFFFF
+    result = run_code(
+        program(
+            """
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("shmget", libc.shmget({key}, 2**20, 0o1000 | 0o600) >= 0)  # IPC_CREAT
+        """,
+            key=key,
+        )
+    )
+    assert result.stdout == "shmget True\n", result
+    keys = [line.split()[0] for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+    assert str(key) not in keys

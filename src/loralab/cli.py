@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loralab.config import RunConfig, config_from_dict, describe_options, load_config
 from loralab.errors import Interrupted, UserError
+from loralab.sandbox_cli import add_sandbox_parser, cmd_sandbox
 
 TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
 
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset", metavar="DATASET", help="the dataset name")
     stats.add_argument("--tokenizer", default="smollm2-135m", help="whose tokens to count (a model name)")
     stats.add_argument("--data_path", default=None, help="a data file or folder instead of the defaults")
+    add_sandbox_parser(commands)
     return parser
 
 
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like --key=value)")
     commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "export": cmd_export,
-                "compare": cmd_compare, "sweep": cmd_sweep, "report": cmd_report, "data": cmd_data}  # fmt: skip
+                "compare": cmd_compare, "sweep": cmd_sweep, "report": cmd_report, "data": cmd_data,
+                "sandbox": cmd_sandbox}  # fmt: skip
     try:
         return commands[args.command](args, extra)
     except UserError as exc:

@@ -16,6 +16,7 @@ import gzip
 import importlib.util
 import json
 import re
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -241,12 +242,13 @@ def execute(
     """
     from tqdm.auto import tqdm
 
-    from loralab.sandbox import run_code
+    from loralab.sandbox import isolation, run_code
 
     if not programs or any(not samples for samples in programs):
         raise ValueError("every problem needs at least one program")
     if any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive, got {list(ks)}")
+    print(f"loralab: sandbox: {isolation()}", file=sys.stderr, flush=True)
     jobs = [(i, j) for i, samples in enumerate(programs) for j in range(len(samples))]
     results: dict[tuple[int, int], object] = {}
     with (

@@ -7,23 +7,32 @@ separate process, kills everything it started and deletes the directory. The lay
    to MAX_OUTPUT_BYTES (a program that prints more is killed at once); the run gets a new session, whose
    process group is killed at the end.
 2. Namespaces, made by util-linux `unshare` where the kernel lets ordinary users create user namespaces:
-   - user: the program is "root" inside, mapped to our own uid, with no privileges outside;
+   - user: the program is "root" inside, mapped to our own uid, with no privileges outside, and may not
+     create user namespaces of its own (where it would have every capability again);
    - PID: it sees and can signal only its own processes, and when the namespace's first process (our
      launcher) ends, the kernel kills every process left in it, double-forked daemons included;
    - network: only a loopback interface that is down, so no connection to anything, not even 127.0.0.1;
+   - IPC: SysV shared memory and semaphores of its own, gone with the namespace (never left on the host);
    - mount: the launcher remounts the whole filesystem read-only and mounts private, size-limited tmpfs
-     on /tmp (which holds the work directory), /dev/shm and /run (hiding the host's sockets).
+     on /tmp (which holds the work directory), /dev/shm and /run (hiding the host's sockets), and a /dev
+     with only null, zero, full, random, urandom and tty (no terminals, console, disks or kernel log).
 3. Launcher: this file run as a script (stdlib only). It sets the mounts up, caps the PIDs of the
    namespace (pid_max, Linux >= 6.14), starts the program, reaps orphans, stops all the program's
-   processes when together they hold more than the memory limit (RLIMIT_AS bounds each one alone), kills
-   what is left at the end and reports the exit status on a pipe that the program cannot reach.
+   processes when together they hold more than the memory limit (RLIMIT_AS bounds each one alone; memfd
+   files count too), kills what is left at the end and reports the exit status on a pipe that the program
+   cannot reach.
 4. The program's own process: rlimits (CPU seconds, address space, file size, processes, open files,
    no core dumps), no capabilities and no way to gain any (no_new_privs), an environment built from
    scratch (none of the caller's variables), stdin from /dev/null.
 
 Without user namespaces (some containers, hardened kernels) layers 1, 3 and 4 remain, and the launcher
 finds daemons as a child subreaper; but then the program can read and write the user's files, use the
-network and signal the user's other processes. `isolation()` says which layers this machine gives.
+network and signal, trace and write to the user's other processes (the caller's terminal included); as root
+also the machine's settings in /proc/sys. `isolation()` says which layers this machine gives and what it
+lacks; `loralab sandbox` prints that.
+
+The supervisor deletes the work directory through a descriptor it kept, so a program that moves it, locks
+it (chmod 000) or leaves a symlink in its place cannot make cleanup follow a link out of it.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import resource
 import selectors
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -54,7 +64,15 @@ MAX_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file the program may 
 MAX_PROCESSES = 64  # RLIMIT_NPROC headroom above the user's current number of processes
 MAX_OPEN_FILES = 256
 PID_NS_MAX = 301  # pid_max inside the PID namespace (the kernel's minimum): at most ~300 processes
-TMPFS = (("/tmp", "size=64m,mode=1777"), ("/dev/shm", "size=16m,mode=1777"), ("/run", "size=1m,mode=755"))
+TMPFS = (("/tmp", "size=64m,mode=1777"), ("/run", "size=1m,mode=755"))  # /dev/shm: see _make_dev
+DEV_SHM = "size=16m,mode=1777"
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")  # bound from the host into the new /dev
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
 PROGRAM_NAME = "program.py"
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -63,7 +81,16 @@ BASE_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-UNSHARE_FLAGS = ("--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc", "--kill-child")
+UNSHARE_FLAGS = (
+    "--user",
+    "--map-root-user",
+    "--net",
+    "--ipc",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--kill-child",
+)
 STOP_GRACE_S = 1.0  # after SIGTERM, how long the launcher gets to clean up before SIGKILL
 DRAIN_S = 0.5  # after the launcher ended, how long to wait for the output pipes to close
 MEMORY_CHECK_S = 0.1  # how often the launcher adds up the memory of all the program's processes
@@ -90,10 +117,13 @@ class ExecResult:
 
 
 class Isolation(NamedTuple):
-    """What _probe found: whether the namespaces work here, and the text of isolation()."""
+    """What _probe found: whether the namespaces work here, the text of isolation(), the layers in force and
+    the protections missing on this machine."""
 
     namespaces: bool
     description: str
+    active: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 def run_code(program: str, timeout_s: float = 5.0, memory_mb: int = 1024) -> ExecResult:
@@ -105,8 +135,15 @@ def run_code(program: str, timeout_s: float = 5.0, memory_mb: int = 1024) -> Exe
 
 
 def isolation() -> str:
-    """Which isolation layers run_code uses on this machine (tried once, then cached)."""
+    """Which isolation layers run_code uses on this machine and what it lacks, in one line (tried once, then
+    cached)."""
     return _probe().description
+
+
+def isolation_layers() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the layers run_code uses on this machine, the protections it lacks), one short phrase each."""
+    probe = _probe()
+    return probe.active or (probe.description,), probe.missing
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,28 +163,53 @@ def _probe() -> Isolation:
 
 def _detect() -> Isolation:
     common = ["rlimits (CPU, memory, file size, processes, open files)", "no capabilities", "scrubbed env"]
-    if os.getuid() == 0:
-        common.append("RLIMIT_NPROC not enforced for root")
+    root = os.getuid() == 0
     reason = "`unshare` not found"
     if shutil.which("unshare"):
         try:
             result, layers = _run("print('ok')", 10.0, 256, namespaces=True)
             if result.status == "ok" and result.stdout == "ok\n":
-                return Isolation(
-                    True, "; ".join(["user+pid+net+mount namespaces via unshare", *layers, *common])
+                return _isolation(
+                    True,
+                    ["user+pid+net+ipc+mount namespaces via unshare", *layers, *common],
+                    _missing_in_namespaces(layers, root),
                 )
             reason = f"test run gave {result.status}: {result.stderr.strip()[-200:]}"
         except (SandboxError, OSError) as exc:
             reason = " ".join(str(exc).split())[-300:]
-    layers = [*common, "new session + subreaper"]
-    return Isolation(
-        False, "; ".join([f"NO namespaces ({reason})", *layers, "files, network, processes unprotected"])
-    )
+    missing = [
+        f"namespaces ({reason})",
+        "file protection: the program can read and write the user's files",
+        "network isolation",
+        "process isolation: it can signal, trace and write to the user's other processes and terminals",
+    ]
+    if root:
+        missing += ["root: RLIMIT_NPROC not enforced; /proc/sys and root-owned files writable"]
+    return _isolation(False, [*common, "new session + subreaper"], missing)
+
+
+def _missing_in_namespaces(layers: list[str], root: bool) -> list[str]:
+    """What the launcher could not set up here, from the layers it reported."""
+    missing = []
+    if root and not any("pid_max" in layer for layer in layers):
+        missing.append("process count cap (root ignores RLIMIT_NPROC; pid_max needs Linux >= 6.14)")
+    if not any(layer.startswith("/dev with only") for layer in layers):
+        missing.append("private /dev: the host's terminals and devices are visible")
+    if "no nested user namespaces" not in layers:
+        missing.append("nested user namespaces allowed (the program gets capabilities in its own)")
+    return missing
+
+
+def _isolation(namespaces: bool, active: list[str], missing: list[str]) -> Isolation:
+    """The Isolation with its one-line description: the missing protections first, as NO ...; then the layers."""
+    description = "; ".join([*(f"NO {item}" for item in missing), *active])
+    return Isolation(namespaces, description, tuple(active), tuple(missing))
 
 
 def _run(program: str, timeout_s: float, memory_mb: int, namespaces: bool) -> tuple[ExecResult, list[str]]:
     """Run one program in a fresh work directory; returns its result and the layers the launcher reported."""
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="loralab-sandbox-"))
+    workdir_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)  # finds it even if the program moves it
     try:
         with open(os.path.join(workdir, PROGRAM_NAME), "w", encoding="utf-8") as file:
             file.write(program)
@@ -171,7 +233,7 @@ def _run(program: str, timeout_s: float, memory_mb: int, namespaces: bool) -> tu
         finally:
             os.close(status_r)
     finally:
-        _remove_tree(workdir)
+        _remove_workdir(workdir, workdir_fd)
 
 
 def _command(workdir: str, status_fd: int, timeout_s: float, memory_mb: int, namespaces: bool) -> list[str]:
@@ -313,17 +375,50 @@ def _user_task_count() -> int:
     return count
 
 
+def _remove_workdir(path: str, workdir_fd: int) -> None:
+    """Delete the work directory (an O_PATH descriptor of it) wherever the program moved it, and whatever it
+    left at its path, without following a symlink out of it. Only the fallback lets the program touch it."""
+    try:
+        moved_to = os.readlink(f"/proc/self/fd/{workdir_fd}")
+        with contextlib.suppress(OSError):
+            if moved_to != path and os.path.samestat(os.lstat(moved_to), os.fstat(workdir_fd)):
+                _remove_tree(moved_to)
+        _remove_tree(path)
+    finally:
+        os.close(workdir_fd)
+
+
 def _remove_tree(path: str) -> None:
-    """Delete the work directory even where the program took permissions away (no namespaces)."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            full = os.path.join(root, name)
-            if not os.path.islink(full):
+    """Delete a directory tree even where the program took permissions away (chmod 000); a symlink or file at
+    `path` is unlinked, never followed."""
+    try:
+        top = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        if not stat.S_ISDIR(os.fstat(top).st_mode):
+            os.unlink(path)
+            return
+        _make_owner_writable(top)
+        for _root, dirs, _files, dir_fd in os.fwalk(".", dir_fd=top):  # never descends through a symlink
+            for name in dirs:
                 with contextlib.suppress(OSError):
-                    os.chmod(full, 0o700)
+                    entry = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dir_fd)
+                    try:
+                        if stat.S_ISDIR(os.fstat(entry).st_mode):  # not a symlink to a directory
+                            _make_owner_writable(entry)
+                    finally:
+                        os.close(entry)
+    except OSError:
+        pass
+    finally:
+        os.close(top)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_owner_writable(path_fd: int) -> None:
+    """chmod 0o700 the directory of an O_PATH descriptor (fchmod refuses those; the /proc link does not)."""
+    os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -331,7 +426,7 @@ def _remove_tree(path: str) -> None:
 
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 4, 24, 36
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
-MS_NOSUID, MS_NODEV = 2, 4
+MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE = 2, 4, 4096, 8192
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -362,11 +457,15 @@ def _prepare(config: dict) -> tuple[str, list[str]]:
             program = file.read()
         if _cap_pids():
             layers.append(f"at most {PID_NS_MAX - 1} PIDs (pid_max)")
+        if _forbid_user_namespaces():
+            layers.append("no nested user namespaces")
         _make_readonly("/")
         for path, options in TMPFS:
             if os.path.isdir(path):
                 _mount_tmpfs(path, options)
-        layers.append("read-only filesystem, private tmpfs " + " ".join(path for path, _ in TMPFS))
+        layers.append("read-only filesystem, private tmpfs /tmp /dev/shm /run")
+        if _make_dev():
+            layers.append("/dev with only " + " ".join(DEV_NODES))
         workdir = os.path.join("/tmp", os.path.basename(workdir))  # inside the private /tmp
         os.mkdir(workdir, 0o700)
         with open(os.path.join(workdir, PROGRAM_NAME), "wb") as file:
@@ -398,8 +497,9 @@ def _exec_program(config: dict, workdir: str) -> None:
 def _wait_for(pid: int, memory_bytes: int) -> int:
     """Reap children (as PID 1 or subreaper we also get the orphans) until the program ends: its exit code.
 
-    RLIMIT_AS bounds each process, not their sum: every MEMORY_CHECK_S we add up the resident memory of all
-    our descendants and stop them all (-SIGKILL) when it exceeds the limit."""
+    RLIMIT_AS bounds each process, not their sum, nor memory in files that live in RAM: every MEMORY_CHECK_S
+    we add up the resident memory of all our descendants and the memfd files they hold open, and stop them
+    all (-SIGKILL) when that exceeds the limit."""
     while True:
         with contextlib.suppress(ChildProcessError):
             while (reaped := os.waitpid(-1, os.WNOHANG))[0]:
@@ -479,15 +579,31 @@ def _process_table() -> dict[int, tuple[int, int]]:
 
 
 def _descendant_memory(table: dict[int, tuple[int, int]], root: int) -> int:
-    """Resident bytes of all descendants of `root` (pages shared after fork count in each process)."""
+    """Resident bytes of all descendants of `root` (pages shared after fork count in each process), plus the
+    memfd files they have open (each file once; one also mapped counts twice)."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _rss) in table.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0, list(children.get(root, []))
+    total, todo, memfds = 0, list(children.get(root, [])), set()
     while todo:
         pid = todo.pop()
-        total += table[pid][1]
+        total += table[pid][1] + _memfd_bytes(pid, memfds)
         todo += children.get(pid, [])
+    return total
+
+
+def _memfd_bytes(pid: int, seen: set[tuple[int, int]]) -> int:
+    """Bytes in RAM of the memfd files (memfd_create) open in `pid` and not yet in `seen`: RLIMIT_FSIZE caps
+    each at MAX_FILE_BYTES, but RLIMIT_AS does not count them, and a process may hold MAX_OPEN_FILES."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(entry.path).startswith("/memfd:"):
+                    info = os.stat(entry.path)
+                    if (info.st_dev, info.st_ino) not in seen:
+                        seen.add((info.st_dev, info.st_ino))
+                        total += info.st_blocks * 512
     return total
 
 
@@ -518,10 +634,50 @@ def _make_readonly(path: str) -> None:
 
 
 def _mount_tmpfs(path: str, options: str) -> None:
-    result = _libc().mount(
-        b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), options.encode()
-    )
-    _check(result, f"mount tmpfs on {path}")
+    _mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options)
+
+
+def _mount(source: bytes, target: str, fstype: bytes | None, flags: int, options: str | None = None) -> None:
+    data = options.encode() if options else None
+    result = _libc().mount(source, target.encode(), fstype, ctypes.c_ulong(flags), data)
+    _check(result, f"mount {source.decode()} on {target}")
+
+
+def _make_dev() -> bool:
+    """Put a read-only tmpfs on /dev holding only DEV_NODES (bind mounts of the host's) and DEV_LINKS: the
+    host's terminals, console, disks and kernel log are out of sight. Built aside, in our private /tmp, then
+    moved over /dev in one step. Then a private /dev/shm, in any case. False when the new /dev failed."""
+    staging = "/tmp/.loralab-dev"
+    try:
+        os.mkdir(staging)
+        _mount(b"tmpfs", staging, b"tmpfs", MS_NOSUID, "size=64k,mode=755")
+        for name in DEV_NODES:
+            if os.path.exists(f"/dev/{name}"):
+                open(os.path.join(staging, name), "w").close()
+                _mount(f"/dev/{name}".encode(), os.path.join(staging, name), None, MS_BIND)
+        for name, target in DEV_LINKS.items():
+            os.symlink(target, os.path.join(staging, name))
+        os.mkdir(os.path.join(staging, "shm"))
+        _mount(staging.encode(), "/dev", None, MS_MOVE)
+        os.rmdir(staging)
+        _make_readonly("/dev")
+        made = True
+    except OSError:
+        made = False
+    if os.path.isdir("/dev/shm"):
+        _mount_tmpfs("/dev/shm", DEV_SHM)
+    return made
+
+
+def _forbid_user_namespaces() -> bool:
+    """max_user_namespaces = 0 in our user namespace (its own copy of the setting): a program that could make
+    one would have every capability in it (mounts of unbounded tmpfs, say). False where it cannot be set."""
+    try:
+        with open("/proc/sys/user/max_user_namespaces", "w") as file:
+            file.write("0")
+    except OSError:
+        return False
+    return True
 
 
 def _cap_pids() -> bool:

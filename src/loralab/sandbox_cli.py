@@ -1,0 +1,32 @@
+"""`loralab sandbox`: the isolation that untrusted code (code_eval's pass@k) gets on this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+from loralab.errors import UserError
+
+
+def add_sandbox_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `loralab sandbox` on the CLI's subcommands."""
+    commands.add_parser(
+        "sandbox",
+        help="which isolation runs untrusted code here, and what is missing",
+        description="Print, one per line, the isolation layers that loralab.sandbox (code_eval pass@k) uses "
+        "on this machine and the protections it lacks here (tried once: a tiny program in the sandbox).",
+    )
+
+
+def cmd_sandbox(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Print each active layer and each missing protection on its own line."""
+    from loralab.sandbox import isolation_layers
+
+    if overrides:
+        raise UserError(f"loralab sandbox takes no overrides, got {' '.join(overrides)}")
+    active, missing = isolation_layers()
+    print("loralab sandbox on this machine:")
+    for layer in active:
+        print(f"  active:  {layer}")
+    for item in missing or ["nothing"]:
+        print(f"  missing: {item}")
+    return 0
