@@ -197,7 +197,7 @@ def test_explicit_path_that_does_not_work_is_an_error(tmp_path, shared_data, mon
 def test_bad_label(tmp_path, no_sources, label):
     path = write_jsonl(tmp_path / "data.jsonl", [ROWS[0], {"text": "meh", "label": label}])
     message = user_error(load_rotten_tomatoes, "train", path)
-    assert "row 2" in message and "label" in message and "0 (negative) or 1 (positive)" in message
+    assert "line 2" in message and "label" in message and "0 (negative) or 1 (positive)" in message
 
 
 def test_bad_label_in_csv(tmp_path, no_sources):

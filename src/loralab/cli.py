@@ -6,11 +6,11 @@ Bad input ends with one line on stderr ("loralab: error: ...") and exit code 2, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import typing
 from pathlib import Path
 
-from loralab.config import RunConfig, config_from_dict, describe_options, load_config
+from loralab.config import RunConfig, describe_options, load_config, read_run_config
 from loralab.errors import Interrupted, UserError
 from loralab.sandbox_cli import add_sandbox_parser, cmd_sandbox
 
@@ -26,8 +26,15 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with loralab's error format: one line naming the problem and where the help is, exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"loralab: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loralab", description="Fine-tune language models with LoRA.")
+    parser = Parser(prog="loralab", description="Fine-tune language models with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -157,7 +164,7 @@ def _run_config(
         raise UserError(
             f"{run} is not a loralab run folder (no config.json); pass the out_dir of a training run"
         )
-    base = config_from_dict(json.loads(saved.read_text()))
+    base = read_run_config(saved)
     merged = load_config(None, overrides, base=base)
     if not (run / "adapter").is_dir():
         raise UserError(f"{run} has no adapter/ folder yet; train it first (or resume it)")
@@ -165,13 +172,19 @@ def _run_config(
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from loralab.atomic import is_disk_full, no_space_error
     from loralab.tasks import get_task
     from loralab.train import train
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     config = load_config(args.config, overrides)
-    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    except Exception as exc:  # a full disk shows up as OSError, or as safetensors' own error type
+        if not is_disk_full(exc):
+            raise
+        raise no_space_error(Path(config.out_dir)) from None
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(f"test {get_task(config.task).headline(summary['metrics'])}")

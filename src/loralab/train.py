@@ -8,7 +8,6 @@ checkpoint + best adapter → early stopping → test metrics by generation → 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import shutil
 import signal
@@ -21,9 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from loralab import distributed
+from loralab.atomic import check_writable
 from loralab.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
-from loralab.config import RunConfig, config_from_dict
+from loralab.config import RunConfig, read_run_config
 from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
 from loralab.errors import Interrupted, UserError
 from loralab.evaluate import evaluate_task, validation_loss, validation_loss_and_accuracy
@@ -81,11 +81,12 @@ def prepare_out_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"out_dir {out} is a file; choose a folder")
+    check_writable(out)  # a read-only, full or forbidden out_dir fails now, not after the model has loaded
     saved = out / "config.json"
     if resume:
         if not saved.is_file():
             raise UserError(f"nothing to resume in {out} (no config.json); drop --resume to start a new run")
-        old = config_from_dict(json.loads(saved.read_text())).to_dict()
+        old = read_run_config(saved).to_dict()
         changed = sorted(k for k, v in config.to_dict().items() if old[k] != v and k not in RESUMABLE_CHANGES)
         if changed:
             raise UserError(

@@ -120,18 +120,42 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
     return directory
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from an adapter file; UserError if it is unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); save the adapter again (loralab train)") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} holds no JSON object; save the adapter again (loralab train)")
+    return value
+
+
 def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
     """The LoRAConfig of an adapter folder, from loralab.json or else from peft's adapter_config.json."""
     directory = Path(directory)
     ours = directory / LORALAB_FILE
     if ours.is_file():
-        return LoRAConfig(**json.loads(ours.read_text())["lora_config"])
+        try:
+            return LoRAConfig(**_read_json(ours)["lora_config"])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{ours} is not a loralab adapter config ({type(exc).__name__}: {exc}); "
+                            "save the adapter again (loralab train)") from None  # fmt: skip
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise UserError(
             f"{directory} is not an adapter folder (no {CONFIG_FILE}); pass the folder save_adapter wrote"
         )
-    peft = json.loads(path.read_text())
+    peft = _read_json(path)
+    try:
+        return _from_peft_config(path, peft)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is not a LoRA adapter config ({type(exc).__name__}: {exc}); "
+                        "save the adapter again") from None  # fmt: skip
+
+
+def _from_peft_config(path: Path, peft: dict) -> LoRAConfig:
+    """LoRAConfig from peft's adapter_config.json fields."""
     if peft.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{path} holds a {peft.get('peft_type')} adapter; loralab loads LoRA adapters only")
     if peft.get("rank_pattern") or peft.get("alpha_pattern"):
@@ -165,7 +189,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
         raise UserError(f"{directory} has no {WEIGHTS_FILE}; pass the folder save_adapter wrote")
     if name is not None and getattr(model, "lora_config", None) is not None:
         return adapters.add_adapter(model, directory, name)
-    apply_lora(model, read_adapter_config(directory))
+    config = read_adapter_config(directory)
+    try:
+        apply_lora(model, config)
+    except UserError as exc:
+        raise UserError(f"adapter {directory} was made for another model ({exc}); load it onto the base model "
+                        "it was trained on") from None  # fmt: skip
     load_adapter_weights(model, directory)
     if name is not None:
         adapters.register_first(model, name)
@@ -179,9 +208,10 @@ def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.M
     expected = adapter_tensors(model)
     missing = sorted(set(expected) - set(saved))
     if missing:
-        raise UserError(
-            f"adapter {directory} lacks {len(missing)} tensors (first: {missing[0]}); wrong base model?"
-        )
+        unknown = sorted(set(saved) - set(expected))
+        other = f", and holds {len(unknown)} this model lacks (first: {unknown[0]})" if unknown else ""
+        raise UserError(f"adapter {directory} lacks {len(missing)} tensors this model needs (first: {missing[0]})"
+                        f"{other}; load it onto the base model it was trained on")  # fmt: skip
     layers = dict(lora_layers(model))
     with torch.no_grad():
         for key in expected:

@@ -21,15 +21,16 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from loralab.atomic import write_atomically
-from loralab.config import RunConfig, config_from_dict, load_config
+from loralab.config import RunConfig, load_config, read_run_config
 from loralab.errors import UserError
 from loralab.methods.partial import load_trained, save_trained, unfreeze
+from loralab.tensor_files import read_tensors
 
 RNN_STUDENTS = ("gru", "lstm")
 CACHE_FILE = "teacher_logits.safetensors"
@@ -68,10 +69,9 @@ def build_model(config: RunConfig, device: torch.device) -> tuple[nn.Module, obj
     from loralab.models import load_model_and_tokenizer, load_tokenizer
 
     if config.student not in RNN_STUDENTS:
-        return load_model_and_tokenizer(
-            config.student, device, kind="classifier", num_labels=len(config.label_words)
-        )
-    tokenizer = load_tokenizer(config.model)
+        return load_model_and_tokenizer(config.student, device, kind="classifier", num_labels=len(config.label_words),
+                                        trust_remote_code=config.trust_remote_code)  # fmt: skip
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     torch.manual_seed(config.seed)
     student = RNNForSequenceClassification(len(tokenizer), len(config.label_words), config.student,
                                            config.student_embedding_dim, config.student_hidden_size,
@@ -106,7 +106,7 @@ def _teacher_config(config: RunConfig) -> tuple[RunConfig, Path | None]:
     if (folder / "config.json").is_file():
         if not (folder / "adapter").is_dir():
             raise UserError(f"teacher run {folder} has no adapter/ yet; finish training it first")
-        teacher = config_from_dict(json.loads((folder / "config.json").read_text()))
+        teacher = read_run_config(folder / "config.json")
         return load_config(None, ["--device=" + config.device], base=teacher), folder
     return load_config(None, [f"--model={config.teacher}", f"--task={config.task}", f"--device={config.device}",
                               f"--max_length={config.max_length}"]), None  # fmt: skip
@@ -171,7 +171,7 @@ def attach_teacher(config: RunConfig, rows: list[dict], examples: list, out: Pat
     cache = out / CACHE_FILE
     logits = None
     if cache.is_file():
-        saved = load_file(str(cache))
+        saved = read_tensors(cache, "delete it, and loralab computes the teacher's logits again")
         logits = saved.get(key[:32])
     if logits is None:
         logits = compute_teacher_logits(config, rows)

@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
+from loralab.tensor_files import read_tensors
 
 WEIGHTS_FILE = "trained.safetensors"
 META_FILE = "method.json"
@@ -52,7 +53,7 @@ def load_trained(model: nn.Module, directory: Path) -> nn.Module:
         raise UserError(
             f"{directory} has no {WEIGHTS_FILE}; it was not saved by full or last_layers training"
         )
-    saved = load_file(str(path))
+    saved = read_tensors(path, "train the run again (or resume it) to write it anew")
     params = dict(model.named_parameters(remove_duplicate=False))
     unknown = sorted(set(saved) - set(params))
     if unknown:

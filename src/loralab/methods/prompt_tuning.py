@@ -15,13 +15,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from loralab.atomic import write_atomically, write_text_atomically
 from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.loss import accepts
+from loralab.tensor_files import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -145,7 +146,10 @@ def _read_prompt(directory: Path) -> torch.Tensor:
         ) from None
     if meta.get("peft_type") != "PROMPT_TUNING" or not path.is_file():
         raise UserError(f"{directory} holds no soft prompt (peft_type {meta.get('peft_type')!r})")
-    return load_file(str(path))["prompt_embeddings"]
+    saved = read_tensors(path, "train the run again (or resume it) to write it anew")
+    if "prompt_embeddings" not in saved:
+        raise UserError(f"{path} holds no prompt_embeddings tensor; train the run again to write it anew")
+    return saved["prompt_embeddings"]
 
 
 def load(model: nn.Module, directory: Path) -> nn.Module:
