@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from loralab.errors import UserError
@@ -65,7 +66,8 @@ def validate_lora_config(config: LoRAConfig) -> None:
     """Raise UserError naming the first bad field and the fix."""
     if isinstance(config.r, bool) or not isinstance(config.r, int) or config.r <= 0:
         raise UserError(f"LoRA rank r must be a positive integer, got {config.r!r}; use e.g. r=8")
-    if isinstance(config.alpha, bool) or not isinstance(config.alpha, int | float) or config.alpha <= 0:
+    alpha = config.alpha  # NaN and inf are rejected too: no comparison with them holds
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
         raise UserError(f"LoRA alpha must be a positive number, got {config.alpha!r}; use e.g. alpha=16")
     if not isinstance(config.dropout, int | float) or not 0.0 <= config.dropout < 1.0:
         raise UserError(f"LoRA dropout must be in [0, 1), got {config.dropout!r}; use e.g. dropout=0.05")
