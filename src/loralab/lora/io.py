@@ -219,7 +219,8 @@ def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.M
             if value.shape != expected[key].shape:
                 raise UserError(
                     f"adapter tensor {key} has shape {tuple(value.shape)} but the model needs "
-                    f"{tuple(expected[key].shape)}; was the adapter trained on another base model?"
+                    f"{tuple(expected[key].shape)}: its config and weights disagree, or it was trained on another "
+                    "base model; load it onto that model, or save the adapter again"
                 )
             _load_tensor(model, key[len(PREFIX) :], value, layers)
     return model
