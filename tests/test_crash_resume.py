@@ -182,3 +182,14 @@ def test_sigkill_at_random_moments_then_resume_gives_the_bit_identical_adapter(
         assert [r[key] for r in logged(out, key)] == [r[key] for r in logged(straight, key)]
     ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (out, straight))
     assert ours["best_step"] == theirs["best_step"] and ours["metrics"] == theirs["metrics"]
+
+
+def test_a_moved_run_folder_resumes(tmp_path, tiny_llama_folder, shared_data, monkeypatch):
+    from loralab.cli import main
+
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
+    small = [*RUN, f"--model={tiny_llama_folder}", "--max_train_samples=16", "--eval_every=2"]
+    assert main(["train", *small, "--max_steps=2", f"--out_dir={tmp_path / 'here'}"]) == 0
+    (tmp_path / "here").rename(tmp_path / "there")
+    assert main(["train", *small, "--max_steps=4", f"--out_dir={tmp_path / 'there'}", "--resume"]) == 0
+    assert [r["step"] for r in logged(tmp_path / "there", "train_loss")] == [1, 2, 3, 4]

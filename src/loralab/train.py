@@ -53,9 +53,9 @@ from loralab.tasks import get_task
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
              "loss_curve.png", "adapter", "checkpoint", "checkpoint.previous", "teacher_logits.safetensors",
              "tensorboard", "wandb", "wandb_run_id")  # fmt: skip
-# Keys that may change when a run is resumed (to train longer or evaluate differently).
+# Keys that may change when a run is resumed (to train longer or evaluate differently; out_dir: a moved run).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
-                     "gradient_checkpointing", "compile", "report_to", "on_nonfinite"}  # fmt: skip
+                     "gradient_checkpointing", "compile", "report_to", "on_nonfinite", "out_dir"}  # fmt: skip
 
 
 def _log(message: str) -> None:
@@ -188,6 +188,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
                             config.max_length) for r in bar]  # fmt: skip
 
     train_set, val_set = encode(rows["train"], "train"), encode(rows["validation"], "validation")
+    for split, encoded in (("train", train_set), ("validation", val_set)):
+        long = sum(len(e) >= config.max_length for e in encoded)
+        if long:
+            log(f"{split}: {long:,} of {len(encoded):,} examples reach max_length = {config.max_length} tokens; "
+                "longer ones were cut (the end of the text first)")  # fmt: skip
     if hasattr(method, "attach_teacher"):  # distillation: the teacher's logits for every training example
         train_set = method.attach_teacher(config, rows["train"], train_set, out)
     train_loss_sum = method.training_loss(config, kind) if hasattr(method, "training_loss") else kind.loss_sum
