@@ -16,7 +16,6 @@ or missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from loralab.errors import UserError
+from loralab.paths import sha256_of
 from loralab.tensor_files import read_tensors
 
 TENSOR_FILES = ("weights.safetensors", "optimizer.safetensors")
@@ -39,14 +39,6 @@ STATE_FILE = "state.json"
 def previous_of(directory: Path) -> Path:
     """Where the checkpoint before the latest one is kept."""
     return directory.with_name(f"{directory.name}.previous")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -8,7 +8,6 @@ vaderSentiment 3.3.2 source distribution (Hutto & Gilbert, ICWSM 2014), split 80
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loralab.errors import UserError
-from loralab.paths import cache_dir, data_dir
+from loralab.paths import cache_dir, data_dir, sha256_of
 
 SPLITS = ("train", "validation", "test")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -293,7 +292,7 @@ def _vader_sdist() -> Path:
     """The vaderSentiment 3.3.2 sdist in cache_dir()/downloads, fetched with pip once and checked by SHA-256."""
     downloads = cache_dir() / "downloads"
     target = downloads / VADER_SDIST
-    if target.is_file() and _sha256(target) == VADER_SHA256:
+    if target.is_file() and sha256_of(target) == VADER_SHA256:
         return target
     downloads.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=downloads, prefix=".pip-"))
@@ -305,7 +304,7 @@ def _vader_sdist() -> Path:
         if done.returncode != 0 or not fetched.is_file():
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
             raise RuntimeError(f"pip download vaderSentiment==3.3.2 failed: {last[0]}")
-        if _sha256(fetched) != VADER_SHA256:
+        if sha256_of(fetched) != VADER_SHA256:
             raise RuntimeError(f"{VADER_SDIST} from the package index has an unexpected SHA-256")
         os.replace(fetched, target)
     finally:
@@ -358,11 +357,3 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
