@@ -248,11 +248,22 @@ def victim_dir(request: pytest.FixtureRequest, tmp_path: Path):
     directory.rmdir()
 
 
-def test_cannot_change_files_outside_its_directory(victim_dir):
-    _require_namespaces()
+def precious_file(victim_dir):
+    """A file outside the sandbox for a program to attack, and the state it must keep."""
     target = victim_dir / "precious.txt"
     target.write_text("precious data\n")
-    before = sorted(os.listdir(victim_dir)), target.stat().st_mode, target.stat().st_mtime_ns
+    return target, victim_state(target)
+
+
+def victim_state(target):
+    """The victim folder's listing and the file's contents, mode and mtime."""
+    info = target.stat()
+    return sorted(os.listdir(target.parent)), target.read_text(), info.st_mode, info.st_mtime_ns
+
+
+def test_cannot_change_files_outside_its_directory(victim_dir):
+    _require_namespaces()
+    target, before = precious_file(victim_dir)
     result = run_code(
         program(
             """
@@ -292,8 +303,7 @@ def test_cannot_change_files_outside_its_directory(victim_dir):
     assert result.status == "ok", result
     assert "SUCCEEDED" not in result.stdout
     assert "mount_setattr -1" in result.stdout and "remount -1" in result.stdout
-    assert target.read_text() == "precious data\n"
-    assert (sorted(os.listdir(victim_dir)), target.stat().st_mode, target.stat().st_mtime_ns) == before
+    assert victim_state(target) == before
     assert_still_works()
 
 
@@ -728,9 +738,7 @@ def test_sees_no_terminals_or_devices_but_the_harmless_ones():
 def test_links_cannot_reach_outside_its_directory(victim_dir):
     """Symlinks (also via /proc/<pid>/root) and hard links to a file outside: writing through them fails."""
     _require_namespaces()
-    target = victim_dir / "precious.txt"
-    target.write_text("precious data\n")
-    before = sorted(os.listdir(victim_dir)), target.stat().st_mode, target.stat().st_mtime_ns
+    target, before = precious_file(victim_dir)
     result = run_code(
         program(
             """
@@ -763,8 +771,7 @@ def test_links_cannot_reach_outside_its_directory(victim_dir):
     assert result.status == "ok", result
     assert "WROTE" not in result.stdout and "LINKED" not in result.stdout, result.stdout
     assert result.stdout.count("blocked:") == 8
-    assert target.read_text() == "precious data\n"
-    assert (sorted(os.listdir(victim_dir)), target.stat().st_mode, target.stat().st_mtime_ns) == before
+    assert victim_state(target) == before
 
 
 CLEANUP_TRICKS = {
