@@ -57,9 +57,8 @@ class Case:
     build: Callable[[Env], list[str]]  # writes the bad input under env.tmp, returns the CLI arguments
     needles: tuple[str, ...]  # the problem and the fix, as the error line must say them
     runner: str = "inprocess"  # inprocess | process | unprivileged | tmpfs-full | tmpfs-ro
-    starts_run: bool = (
-        False  # fails mid-run: new complete files may stay (config.json), never half-written ones
-    )
+    # True: it fails mid-run, so new complete files may stay (config.json), never half-written ones
+    starts_run: bool = False
 
 
 # ------------------------------------------------------------------------------------------- builders
