@@ -26,7 +26,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 @torch.inference_mode()
 def validation_loss(model: torch.nn.Module, examples: list, batch_size: int, pad_id: int, device: torch.device,
                     collate: Callable, loss_sum: Callable) -> float:  # fmt: skip
-    """Mean loss per target token (the model is put in eval mode, which merges LoRA)."""
+    """Mean loss per target token, in eval mode (which merges LoRA, unless inject.updates_kept_separate is in
+    force, as it is while training)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
