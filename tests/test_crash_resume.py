@@ -139,21 +139,37 @@ def test_sigkill_at_random_moments_then_resume_gives_the_bit_identical_adapter(
     done = subprocess.run(argv(straight), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
+    summary = json.loads((straight / "summary.json").read_text())
+    step_s = summary["train_time_s"] / summary["steps"]  # kills land within about three steps of a target
     out, chooser, kills = tmp_path / "killed", random.Random(7), []
-    for attempt in range(5):
+    targets = [0, *sorted(chooser.sample(range(2, STEPS - 10), 5))]  # steps to kill after, one per start
+    while_saving = {2, 4}  # these kills wait for a checkpoint being written and strike at once
+    for attempt, target in enumerate(targets):
+        if attempt:  # a step still to come (the kill before may have gone past this one)
+            target = max(target, (checkpoint_step(out) or 0) + 1)
+            if target > STEPS - 8:
+                break  # too near the end to be sure of killing it before it finishes
         err = (tmp_path / f"stderr.{attempt}").open("w")  # a file: a pipe nobody reads would fill and block
         process = subprocess.Popen(argv(out, *(["--resume"] if attempt else [])), env=env,
                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
         if attempt == 0:  # while it starts: after config.json, maybe before the first checkpoint
             while not (out / "config.json").exists() and process.poll() is None:
                 time.sleep(0.005)
-            target = 0
-        else:  # while it trains, validates or saves: past a random step still to come, then a random delay
-            resumed_from = checkpoint_step(out) or 0
-            target = chooser.randint(resumed_from + 1, STEPS - 10)
+        else:  # while it trains, validates or saves: past the target step, then a random delay
+            started = (
+                "resuming at step",
+                "starting from step 0",
+            )  # metrics.jsonl is cut back to its checkpoint
+            while not any(s in Path(err.name).read_text() for s in started) and process.poll() is None:
+                time.sleep(0.005)
             while len(logged(out, "train_loss")) < target and process.poll() is None:
                 time.sleep(0.005)
-        time.sleep(chooser.uniform(0, 0.3))
+        saving = False
+        if attempt in while_saving:
+            while not saving and process.poll() is None:
+                saving = any(out.glob(".checkpoint.*"))  # the temp folder of a checkpoint not yet in place
+        else:
+            time.sleep(chooser.uniform(0, 3 * step_s))
         ended = process.poll() is not None
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
@@ -161,7 +177,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_bit_identical_adapter(
         assert not ended, f"the run ended before kill {attempt}: {Path(err.name).read_text()[-2000:]}"
         steps = [r["step"] for r in logged(out, "train_loss")]
         kills.append({"after_step": target, "last_logged": steps[-1] if steps else 0,
-                      "checkpoint": checkpoint_step(out)})  # fmt: skip
+                      "checkpoint": checkpoint_step(out), "while_saving": saving})  # fmt: skip
     print("kill points:", kills)
     assert len({k["last_logged"] for k in kills}) >= 3, kills  # really different moments of the run
 
@@ -180,7 +196,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_bit_identical_adapter(
     assert [r["step"] for r in logged(out, "train_loss")] == list(range(1, STEPS + 1))
     for key in ("train_loss", "val_loss"):
         assert [r[key] for r in logged(out, key)] == [r[key] for r in logged(straight, key)]
-    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (out, straight))
+    ours, theirs = json.loads((out / "summary.json").read_text()), summary
     assert ours["best_step"] == theirs["best_step"] and ours["metrics"] == theirs["metrics"]
 
 
