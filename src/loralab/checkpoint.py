@@ -54,7 +54,7 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{index}"] = state
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # legacy MT19937 state: 624 words, position
     tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
     return tensors | {"rng.numpy_rest": torch.tensor([pos, has_gauss], dtype=torch.int64),
                       "rng.numpy_gauss": torch.tensor([gauss], dtype=torch.float64)}  # fmt: skip
@@ -67,13 +67,9 @@ def _restore_rng(tensors: dict[str, torch.Tensor], python_state: list | None) ->
     if states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states)
     if "rng.numpy" in tensors:
-        keys, rest, gauss = (
-            tensors.pop("rng.numpy"),
-            tensors.pop("rng.numpy_rest"),
-            tensors.pop("rng.numpy_gauss"),
-        )
-        pos, has_gauss = (int(v) for v in rest)
-        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, float(gauss[0])))
+        keys = tensors.pop("rng.numpy").numpy().astype(np.uint32)
+        pos, has_gauss = (int(v) for v in tensors.pop("rng.numpy_rest"))
+        np.random.set_state(("MT19937", keys, pos, has_gauss, float(tensors.pop("rng.numpy_gauss")[0])))
     if python_state is not None:  # None: a checkpoint written before python's state was kept
         version, internal, gauss_next = python_state
         random.setstate((version, tuple(internal), gauss_next))
