@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from loralab.errors import UserError
-from loralab.paths import sha256_of
+from loralab.paths import read_json_object, sha256_of
 from loralab.tensor_files import read_tensors
 
 TENSOR_FILES = ("weights.safetensors", "optimizer.safetensors")
@@ -162,10 +162,7 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     if not (directory / STATE_FILE).is_file():
         raise UserError(f"no checkpoint in {directory}; start the run without --resume")
     fix = "the checkpoint is damaged: start the run again without --resume (with --overwrite)"
-    try:
-        meta = json.loads((directory / STATE_FILE).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{directory / STATE_FILE} is not valid JSON; {fix}") from None
+    meta = read_json_object(directory / STATE_FILE, "valid JSON", fix)
     weights = read_tensors(directory / TENSOR_FILES[0], fix)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params) or any(weights[k].shape != params[k].shape for k in params):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
+from loralab.paths import read_json_object
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -314,14 +315,8 @@ def config_from_dict(values: dict) -> RunConfig:
 
 def read_run_config(path: Path) -> RunConfig:
     """The config.json a run folder holds; UserError if it is unreadable, not JSON or not a loralab config."""
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable run config ({exc}); restore it, or train the run again "
-                        "into a new out_dir") from None  # fmt: skip
-    if not isinstance(values, dict):
-        raise UserError(f"{path} holds no JSON object of config keys; restore it, or train the run again")
-    return config_from_dict(values)
+    fix = "restore it, or train the run again into a new out_dir"
+    return config_from_dict(read_json_object(path, "a readable run config", fix))
 
 
 def validate(config: RunConfig) -> None:

@@ -25,6 +25,7 @@ from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
 from loralab.lora.inject import apply_lora, linear_module_names, lora_layers
+from loralab.paths import read_json_object
 from loralab.tensor_files import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
@@ -122,13 +123,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
 
 def _read_json(path: Path) -> dict:
     """A JSON object from an adapter file; UserError if it is unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); save the adapter again (loralab train)") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} holds no JSON object; save the adapter again (loralab train)")
-    return value
+    return read_json_object(path, "valid JSON", "save the adapter again (loralab train)")
 
 
 def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
