@@ -228,14 +228,14 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
         else:
             state = TrainState(**load_checkpoint(found, model, optimizer))
             log(f"resuming at step {state.step} of {total_steps} (epoch {state.epoch + 1})")
+    first_new_step = state.step + 1 if resume else 0 if restarted else None  # None: a new run
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
-        if resume or restarted:  # the lines logged after the checkpoint: steps that are about to be redone
-            kept = [r for r in read_metrics(metrics_path) if resume and r["step"] <= state.step]
-            write_lines_atomically(metrics_path, kept)
-        else:
+        if first_new_step is None:
             write_json_atomically(out / "config.json", config.to_dict())
-    first_new_step = state.step + 1 if resume else 0 if restarted else None
+        else:  # the lines logged from first_new_step on belong to steps that are about to be redone
+            kept = [r for r in read_metrics(metrics_path) if r["step"] < first_new_step]
+            write_lines_atomically(metrics_path, kept)
     run_log = RunLog(out, config.report_to, config.to_dict(), resume_step=first_new_step, enabled=world.main)
     pad_id = tokenizer.pad_token_id
 
