@@ -36,8 +36,8 @@ What survives encode -> decode_ids (measured on 200 stdlib functions):
   line (BERT splits punctuation: "self._split(x)" -> "self. _ split ( x )") and not upper case (except our
   tokens: `pytkw:True` stays True). An exact round trip is impossible: "f(x)" and "f ( x )" encode the same.
 
-Training cost. The new rows must be trained, so the input embedding (and an untied output head) goes into
-LoRAConfig.modules_to_save and trains in full: for SmolLM2-135M that is 49,259 x 576 = 28M parameters beside
+Training cost. The new rows must be trained, so the input embedding (an EncoderDecoderModel's two: see
+add_code_vocabulary; and an untied output head) goes into LoRAConfig.modules_to_save and trains in full: for SmolLM2-135M that is 49,259 x 576 = 28M parameters beside
 a LoRA of about 1-5M; with its gradient and two AdamW moments that is ~450 MB in float32, and every saved
 adapter holds the 113 MB matrix. `train_only_new_rows` keeps the old rows fixed (a gradient mask) when only
 the new tokens should learn; it saves no memory, and the adapter still stores the whole matrix.
@@ -68,6 +68,7 @@ from transformers import AddedToken
 from loralab.atomic import write_text_atomically
 from loralab.errors import UserError
 from loralab.lora.io import load_adapter
+from loralab.models import _short
 
 KW_PREFIX = "pytkw:"
 FUNC_PREFIX = "pytfunc:"
@@ -353,13 +354,82 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 
 
-def _output_head(model: nn.Module) -> nn.Module | None:
-    """The output head when it has its own weight (untied), else None."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if head is None or head.weight is model.get_input_embeddings().weight:
-        return None
-    return head
+def _refuse(model: nn.Module, why: str) -> UserError:
+    return UserError(
+        f"the code vocabulary cannot be added to {type(model).__name__}: {why}; "
+        "train without it: --code_vocab=false"
+    )
+
+
+def token_models(model: nn.Module) -> list[nn.Module]:
+    """The models that own token embeddings: the model itself, or for transformers' EncoderDecoderModel (an
+    encoder and a decoder joined by cross-attention, which refuses to resize as a whole) both of them."""
+    from transformers import EncoderDecoderModel
+
+    if isinstance(model, EncoderDecoderModel):
+        return [model.encoder, model.decoder]
+    return [model]
+
+
+def input_embeddings(model: nn.Module) -> list[nn.Module]:
+    """Each distinct input embedding of the token models; a shared one (T5's `shared`) counts once."""
+    found: list[nn.Module] = []
+    for part in token_models(model):
+        try:
+            embedding = part.get_input_embeddings()
+        except (AttributeError, NotImplementedError) as exc:
+            raise _refuse(model, f"it has no token embedding ({_short(exc)})") from None
+        if not isinstance(getattr(embedding, "weight", None), torch.Tensor):
+            raise _refuse(model, f"its input embedding is a {type(embedding).__name__}, not a table of rows")
+        if all(embedding.weight is not e.weight for e in found):
+            found.append(embedding)
+    return found
+
+
+def output_heads(model: nn.Module) -> list[nn.Module]:
+    """The output heads over the vocabulary (an LM head, a BERT decoder's prediction layer), tied or not."""
+    heads = []
+    for part in token_models(model):
+        get_head = getattr(part, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if isinstance(getattr(head, "weight", None), torch.Tensor):
+            heads.append(head)
+    return heads
+
+
+def _untied(heads: list[nn.Module], embeddings: list[nn.Module]) -> list[nn.Module]:
+    return [h for h in heads if all(h.weight is not e.weight for e in embeddings)]
+
+
+def vocabulary_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every distinct tensor with one row per token: input embeddings, output-head weights and biases."""
+    tensors: list[torch.Tensor] = []
+    candidates = [e.weight for e in input_embeddings(model)]
+    for head in output_heads(model):
+        candidates += [head.weight, getattr(head, "bias", None)]
+    for tensor in candidates:
+        if tensor is not None and all(tensor is not t for t in tensors):
+            tensors.append(tensor)
+    return tensors
+
+
+def _check_resizable(model: nn.Module) -> None:
+    """Refuse (UserError) a model whose token tables cannot all grow by the tokens of one tokenizer."""
+    rows = {_module_name(model, e): e.weight.shape[0] for e in input_embeddings(model)}
+    if len(set(rows.values())) > 1:
+        shown = ", ".join(f"{name} {n}" for name, n in rows.items())
+        raise _refuse(model, f"its embeddings have different vocabularies ({shown} rows) but one tokenizer")
+    for part in token_models(model):
+        if not callable(getattr(part, "resize_token_embeddings", None)):
+            raise _refuse(model, f"{type(part).__name__} has no resize_token_embeddings")
+
+
+def _resize(model: nn.Module, rows: int) -> None:
+    for part in token_models(model):
+        try:
+            part.resize_token_embeddings(rows, mean_resizing=False)
+        except (NotImplementedError, AttributeError, ValueError, TypeError) as exc:
+            raise _refuse(model, f"resizing its token embeddings failed ({_short(exc)})") from None
 
 
 def _source_ids(tokenizer, vocab: CodeVocab) -> list[list[int]]:
@@ -391,42 +461,49 @@ def add_code_vocabulary(
         model first reads the new token about as it read the old text and the loss does not jump at step 0;
         a token the tokenizer could not write (T5's "\\n") falls back to "mean": the mean of all existing
         rows, which keeps the new logits near the average, so the model does not start out predicting them
-        (Hewitt 2021). Used when vocab is None (a loaded vocab keeps its own). An untied output head gets the
-        same treatment; a tied one shares the input rows.
+        (Hewitt 2021). Used when vocab is None (a loaded vocab keeps its own). Every table with a row per
+        token gets the same treatment: input embeddings, an untied output head, an output head's bias.
 
-    Call it before apply_lora and put `vocab.modules_to_save` into LoRAConfig.modules_to_save: the input
-    embedding (for T5 `shared`), plus `lm_head` when it is untied.
+    What is resized. A decoder-only model or a classifier: its input embedding (and untied head). T5 and
+    BART: their one shared embedding, once (encoder and decoder read it), plus an untied lm_head. transformers'
+    EncoderDecoderModel (e.g. minilm-l6-seq2seq): the encoder's embedding and the decoder's embedding and
+    head, because loralab feeds both sides ids of the same tokenizer; their configs' vocab_size follow. A
+    model whose tables cannot all grow (an encoder and decoder with different vocabularies, a model without
+    resize_token_embeddings) is refused with a UserError before the tokenizer changes.
+
+    Call it before apply_lora and put `vocab.modules_to_save` into LoRAConfig.modules_to_save: each input
+    embedding (for T5 `shared`), plus the output head when it is untied.
     """
     if vocab is None:
         vocab = dataclasses.replace(code_vocab_for(tokenizer), init=init)
     if getattr(model, "lora_config", None) is not None:
         raise UserError("add the code vocabulary before apply_lora: resizing replaces the embedding module")
+    _check_resizable(model)
     sources = _source_ids(tokenizer, vocab)  # before adding: the base tokenizer's view of each token's text
     vocab = add_tokens(tokenizer, vocab)
-    embedding = model.get_input_embeddings()
-    rows = max(embedding.weight.shape[0], vocab.first_id + len(sources))
+    present = input_embeddings(model)[0].weight.shape[0]
+    rows = max(present, vocab.first_id + len(sources))
     if vocab.num_embeddings is not None and rows != vocab.num_embeddings:
         raise UserError(
             f"the adapter's embedding has {vocab.num_embeddings} rows but this model would get {rows}; "
             "load the same base model the adapter was trained on"
         )
-    if rows != embedding.weight.shape[0]:
-        model.resize_token_embeddings(rows, mean_resizing=False)
-    embedding = model.get_input_embeddings()
-    _init_rows(embedding.weight, vocab.first_id, vocab.base_vocab_size, sources, vocab.init)
-    names = [_module_name(model, embedding)]
-    head = _output_head(model)
-    if head is not None:
-        _init_rows(head.weight, vocab.first_id, vocab.base_vocab_size, sources, vocab.init)
-        if getattr(head, "bias", None) is not None:
-            _init_rows(head.bias[:, None], vocab.first_id, vocab.base_vocab_size, sources, vocab.init)
-        names.append(_module_name(model, head))
-    return dataclasses.replace(vocab, num_embeddings=rows, modules_to_save=tuple(names))
+    if rows != present:
+        _resize(model, rows)
+    for tensor in vocabulary_tensors(model):
+        rows_view = tensor if tensor.dim() == 2 else tensor[:, None]
+        _init_rows(rows_view, vocab.first_id, vocab.base_vocab_size, sources, vocab.init)
+    embeddings = input_embeddings(model)
+    trained = embeddings + _untied(output_heads(model), embeddings)
+    names = tuple(_module_name(model, m) for m in trained)
+    return dataclasses.replace(vocab, num_embeddings=rows, modules_to_save=names)
 
 
 def train_only_new_rows(model: nn.Module, vocab: CodeVocab) -> list[torch.utils.hooks.RemovableHandle]:
-    """Zero the gradient of the old embedding (and untied head) rows, so that only the new tokens learn.
+    """Zero the gradient of the old rows of every token table, so that only the new tokens learn.
 
+    The tables are those add_code_vocabulary resized: each input embedding (an encoder-decoder's two), an
+    untied output head and a head's bias; each is hooked once, and only if it trains (requires_grad).
     Old rows then stay bit-identical under SGD or Adam(W) with weight_decay=0 (loralab's default); weight
     decay would still shrink them. Memory and compute are those of the full matrix: the gradient is dense.
     Returns the hook handles (call .remove() on them to train every row again).
@@ -440,11 +517,7 @@ def train_only_new_rows(model: nn.Module, vocab: CodeVocab) -> list[torch.utils.
         grad[:first] = 0
         return grad
 
-    params = [model.get_input_embeddings().weight]
-    head = _output_head(model)
-    if head is not None:
-        params += [p for p in (head.weight, getattr(head, "bias", None)) if p is not None]
-    return [p.register_hook(mask) for p in params]
+    return [t.register_hook(mask) for t in vocabulary_tensors(model) if t.requires_grad]
 
 
 # --- files ------------------------------------------------------------------------------------------------
