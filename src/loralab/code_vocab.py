@@ -37,10 +37,11 @@ What survives encode -> decode_ids (measured on 200 stdlib functions):
   tokens: `pytkw:True` stays True). An exact round trip is impossible: "f(x)" and "f ( x )" encode the same.
 
 Training cost. The new rows must be trained, so the input embedding (an EncoderDecoderModel's two: see
-add_code_vocabulary; and an untied output head) goes into LoRAConfig.modules_to_save and trains in full: for SmolLM2-135M that is 49,259 x 576 = 28M parameters beside
-a LoRA of about 1-5M; with its gradient and two AdamW moments that is ~450 MB in float32, and every saved
-adapter holds the 113 MB matrix. `train_only_new_rows` keeps the old rows fixed (a gradient mask) when only
-the new tokens should learn; it saves no memory, and the adapter still stores the whole matrix.
+add_code_vocabulary; and an untied output head) goes into LoRAConfig.modules_to_save and trains in full: for
+SmolLM2-135M that is 49,259 x 576 = 28M parameters beside a LoRA of about 1-5M; with its gradient and two
+AdamW moments that is ~450 MB in float32, and every saved adapter holds the 113 MB matrix.
+`train_only_new_rows` keeps the old rows fixed (a gradient mask) when only the new tokens should learn; it
+saves no memory, and the adapter still stores the whole matrix.
 
 Saving. The adapter folder gets a `code_vocab.json` (save_code_vocab): the names, the stand-ins, the ids and
 the embedding size. `load_adapter_with_code_vocab` re-adds exactly these tokens (checking that they get the
