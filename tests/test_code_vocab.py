@@ -7,8 +7,11 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,7 @@ from loralab.code_vocab import (
     rewrite,
     save_code_vocab,
     train_only_new_rows,
+    vocabulary_tensors,
 )
 from loralab.errors import UserError
 from loralab.lora import LoRAConfig, apply_lora, load_adapter, save_adapter
@@ -43,6 +47,7 @@ from loralab.models import bundled_dir
 # Every stand-in and explicit spaces: what the lossiest tokenizer would need.
 FULL = CodeVocab(chars="".join(CHAR_NAMES), explicit_spaces=True)
 MARKERS = ("pytkw:", "pytfunc:", "pytchr:")
+ROOT = Path(__file__).resolve().parents[1]
 STDLIB_MODULES = (
     "textwrap", "json.decoder", "json.encoder", "shlex", "difflib", "heapq", "bisect", "fractions",
     "statistics", "string", "colorsys", "fnmatch", "glob", "posixpath", "csv", "dataclasses", "functools",
@@ -336,6 +341,12 @@ MODELS = {
     "llama": (lambda: tiny_models.make("llama"), ["q_proj", "v_proj"], ("model.embed_tokens",)),
     "t5": (lambda: tiny_models.make("t5"), ["q", "v"], ("shared",)),
     "t5-untied": (untied_t5, ["q", "v"], ("shared", "lm_head")),
+    # transformers' EncoderDecoderModel (minilm-l6-seq2seq): two embeddings, the decoder's head tied to its own
+    "bert2bert": (
+        lambda: tiny_models.make("bert2bert"),
+        ["query", "value"],
+        ("encoder.embeddings.word_embeddings", "decoder.bert.embeddings.word_embeddings"),
+    ),
 }
 CODE = "def area(r):\n    if r < 0:\n        raise ValueError('negative')\n    return {'a': 3.14 * r * r}\n"
 
@@ -392,28 +403,131 @@ def test_adapter_with_resized_embedding_saves_and_loads_bit_exactly(name, tmp_pa
     assert [k for k, v in model.state_dict().items() if not torch.equal(v, fresh.state_dict()[k])] == []
 
 
-def test_train_only_new_rows_keeps_old_rows_and_still_saves_a_loadable_adapter(tmp_path):
-    tokenizer, model = tiny_t5_like(), untied_t5()
+@pytest.mark.parametrize("name", ["t5-untied", "bert2bert"])
+def test_train_only_new_rows_keeps_old_rows_of_every_table_and_still_saves_a_loadable_adapter(name, tmp_path):
+    make, targets, _ = MODELS[name]
+    tokenizer, model = tiny_t5_like(), make()
     vocab = add_code_vocabulary(model, tokenizer)
-    apply_lora(model, LoRAConfig(r=4, target_modules=["q", "v"], modules_to_save=vocab.modules_to_save))
+    apply_lora(model, LoRAConfig(r=4, target_modules=targets, modules_to_save=vocab.modules_to_save))
     handles = train_only_new_rows(model, vocab)
-    embedding, head = model.shared.weight, model.lm_head.weight
-    old = embedding[: vocab.first_id].clone(), head[: vocab.first_id].clone()
-    new = embedding[vocab.first_id :].clone(), head[vocab.first_id :].clone()
+    tables = [t for t in vocabulary_tensors(model) if t.requires_grad]
+    assert len(tables) == len(handles) == 2  # T5: shared + lm_head; bert2bert: encoder + decoder embedding
+    first = vocab.first_id
     ids = torch.tensor([encode_text(vocab, tokenizer, CODE)])
+    new_ids = ids[ids >= first].unique()
+    model(input_ids=ids, labels=ids).loss.backward()
+    for table in tables:
+        assert table.grad[:first].abs().sum() == 0  # the mask: no gradient on an old row
+        assert (table.grad[new_ids].abs().sum(dim=1) > 0).all()  # every new token read gets one
+    model.zero_grad()
+    old = [t[:first].clone() for t in tables]
+    new = [t[first:].clone() for t in tables]
     train_steps(model, ids)
-    assert torch.equal(embedding[: vocab.first_id], old[0]) and torch.equal(head[: vocab.first_id], old[1])
-    assert not torch.equal(embedding[vocab.first_id :], new[0]) and not torch.equal(
-        head[vocab.first_id :], new[1]
-    )
+    assert all(torch.equal(t[:first], o) for t, o in zip(tables, old, strict=True))
+    assert not any(torch.equal(t[first:], n) for t, n in zip(tables, new, strict=True))
     for handle in handles:
         handle.remove()
 
     save_adapter(model, tmp_path)
     save_code_vocab(tmp_path, vocab)
-    fresh = untied_t5()
+    fresh = make()
     load_adapter_with_code_vocab(fresh, tiny_t5_like(), tmp_path)
     assert torch.equal(outputs(fresh, ids), outputs(model, ids))
+
+
+def expected_new_rows(before: torch.Tensor, vocab: CodeVocab) -> torch.Tensor:
+    """The documented start of the new rows: the mean of the rows of the pieces a fresh tokenizer writes a
+    token's text with, or the mean of the rows of the base vocabulary when it cannot write it."""
+    fresh, unk = tiny_t5_like(), tiny_t5_like().unk_token_id
+    rows = []
+    for text in vocab.sources.values():
+        ids = fresh(text, add_special_tokens=False)["input_ids"]
+        mean = before[: vocab.base_vocab_size].mean(dim=0)
+        rows.append(mean if not ids or unk in ids else before[ids].mean(dim=0))
+    return torch.stack(rows)
+
+
+def test_encoder_decoder_model_resizes_both_embeddings_and_the_tied_head():
+    tokenizer, model = tiny_t5_like(), tiny_models.make("bert2bert")
+    encoder, decoder = model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()
+    head = model.decoder.get_output_embeddings()
+    tables = {"encoder": encoder.weight, "decoder": decoder.weight, "head bias": head.bias[:, None]}
+    before = {k: v.detach().clone() for k, v in tables.items()}
+    vocab = add_code_vocabulary(model, tokenizer)
+    assert vocab.modules_to_save == MODELS["bert2bert"][2]  # the head is tied to the decoder's embedding
+    rows = vocab.num_embeddings
+    assert rows == len(tokenizer) == vocab.first_id + len(vocab.tokens) > tiny_models.VOCAB
+    encoder, decoder = model.encoder.get_input_embeddings(), model.decoder.get_input_embeddings()
+    head = model.decoder.get_output_embeddings()
+    assert encoder.weight is not decoder.weight and head.weight is decoder.weight  # separate; tied
+    assert encoder.weight.shape[0] == decoder.weight.shape[0] == head.bias.shape[0] == rows
+    assert model.config.encoder.vocab_size == model.decoder.config.vocab_size == rows  # loss, generate
+    after = {"encoder": encoder.weight, "decoder": decoder.weight, "head bias": head.bias[:, None]}
+    for name, old in before.items():
+        assert torch.equal(after[name][: vocab.first_id], old[: vocab.first_id]), name
+        torch.testing.assert_close(after[name][vocab.first_id :], expected_new_rows(old, vocab), msg=name)
+    assert not torch.equal(after["encoder"][vocab.first_id :], after["decoder"][vocab.first_id :])
+
+    ids = torch.tensor([encode_text(vocab, tokenizer, CODE)])
+    assert outputs(model, ids).shape[-1] == rows
+    generated = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > 1 and int(generated.max()) < rows
+
+
+def test_t5_resizes_its_one_shared_embedding_once():
+    tokenizer, model = tiny_t5_like(), tiny_models.make("t5")
+    before = model.shared.weight.detach().clone()
+    vocab = add_code_vocabulary(model, tokenizer)
+    assert vocab.modules_to_save == ("shared",)
+    shared = model.shared.weight
+    assert model.encoder.embed_tokens.weight is shared and model.decoder.embed_tokens.weight is shared
+    assert model.lm_head.weight is shared  # tied: one table, initialised and trained once
+    assert [t.shape for t in vocabulary_tensors(model)] == [shared.shape]
+    assert shared.shape[0] == model.config.vocab_size == vocab.num_embeddings == len(tokenizer)
+    assert torch.equal(shared[: vocab.first_id], before[: vocab.first_id])
+    torch.testing.assert_close(shared[vocab.first_id :], expected_new_rows(before, vocab))
+    ids = torch.tensor([encode_text(vocab, tokenizer, CODE)])
+    generated = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    assert int(generated.max()) < shared.shape[0]
+    assert isinstance(decode_ids(vocab, tokenizer, generated[0]), str)
+
+
+def rnn_student() -> torch.nn.Module:
+    from loralab.methods.distill import RNNForSequenceClassification
+
+    return RNNForSequenceClassification(tiny_models.VOCAB, 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: tiny_models.bert2bert(decoder_vocab=tiny_models.VOCAB + 8), "different vocabularies"),
+        (rnn_student, "has no token embedding"),
+    ],
+    ids=["encoder-decoder-with-two-vocabularies", "rnn-student"],
+)
+def test_a_model_whose_embeddings_cannot_grow_is_refused_before_the_tokenizer_changes(make, needle):
+    tokenizer, model = tiny_t5_like(), make()
+    size, state = len(tokenizer), {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError, match=needle) as error:
+        add_code_vocabulary(model, tokenizer)
+    assert "--code_vocab=false" in str(error.value) and "\n" not in str(error.value)
+    assert len(tokenizer) == size and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_the_cli_answers_an_unresizable_model_with_one_line_and_exit_code_2(tmp_path, shared_data):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "loralab", "train", "configs/experiments/05_distill_rnn_sentiment.toml",
+               "--distill_alpha=0", "--code_vocab=true", "--max_steps=1", "--max_train_samples=8",
+               "--max_eval_samples=4", "--max_test_samples=4", "--report_to=", f"--out_dir={out}"]  # fmt: skip
+    env = {**os.environ, "LORALAB_DATA_DIR": str(shared_data), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "loralab: error: the code vocabulary cannot be added to RNNForSequenceClassification"
+    )
+    assert last.endswith("--code_vocab=false") and "Traceback" not in done.stderr
 
 
 def test_saved_vocab_file_and_the_checks_on_re_adding(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import (
     BertConfig,
+    BertLMHeadModel,
     BertModel,
+    EncoderDecoderModel,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GPT2Config,
@@ -111,7 +113,23 @@ def bert() -> torch.nn.Module:
     )
 
 
-FACTORIES = {"gpt2": gpt2, "gpt_neo": gpt_neo, "llama": llama, "gemma3": gemma3, "t5": t5, "bert": bert}
+def _bert_config(vocab_size: int = VOCAB, **extra) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=128, **extra)  # fmt: skip
+
+
+def bert2bert(decoder_vocab: int = VOCAB) -> torch.nn.Module:
+    """transformers' EncoderDecoderModel as minilm-l6-seq2seq is built: a BERT encoder, a BERT decoder with
+    cross-attention and an LM head tied to its own embedding; `decoder_vocab` rows in the decoder."""
+    decoder = BertLMHeadModel(_bert_config(decoder_vocab, is_decoder=True, add_cross_attention=True))
+    model = EncoderDecoderModel(encoder=BertModel(_bert_config()), decoder=decoder)
+    model.config.decoder_start_token_id, model.config.pad_token_id = 0, 0
+    model.generation_config.decoder_start_token_id, model.generation_config.pad_token_id = 0, 0
+    return model
+
+
+FACTORIES = {"gpt2": gpt2, "gpt_neo": gpt_neo, "llama": llama, "gemma3": gemma3, "t5": t5, "bert": bert,
+             "bert2bert": bert2bert}  # fmt: skip
 
 
 def make(name: str, seed: int = 0) -> torch.nn.Module:
