@@ -1,9 +1,12 @@
 """loralab.sandbox: benign programs give exact results; hostile ones are contained, and the sandbox still works.
 
-Most tests run twice: with the namespaces this machine offers, and in the rlimits-only fallback (forced), which
-must still contain what it claims to. Tests that need namespaces are skipped, with the reason, without them.
+Most tests run twice: with the namespaces this machine offers, and in the rlimits-only fallback (forced, and
+accepted with isolation="rlimits-only"), which must still contain what it claims to. Tests that need namespaces
+are skipped, with the reason, without them; with LORALAB_TEST_REQUIRE_NAMESPACES=1 they fail instead (as
+tests/test_sandbox_venvs.py runs this file from virtual environments under /tmp).
 """
 
+import functools
 import json
 import os
 import resource
@@ -29,19 +32,25 @@ FALLBACK = "rlimits-only"
 
 @pytest.fixture(params=[NAMESPACES, FALLBACK])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with namespaces (skipped where there are none) and with the fallback forced."""
+    """Run the test with namespaces (skipped where there are none) and with the fallback forced, its risk
+    accepted by the tests' run_code."""
     if request.param == NAMESPACES:
         _require_namespaces()
     else:
-        monkeypatch.setattr(
-            sandbox, "_probe", lambda: sandbox.Isolation(False, "rlimits only (forced by test)")
-        )
+        monkeypatch.setattr(sandbox, "_probe", lambda: FORCED_FALLBACK)
+        monkeypatch.setitem(globals(), "run_code", functools.partial(sandbox.run_code, isolation=FALLBACK))
     return request.param
+
+
+FORCED_FALLBACK = sandbox.Isolation(False, "rlimits only (forced by test)", reason="forced by test")
 
 
 def _require_namespaces() -> None:
     if not sandbox._probe().namespaces:
-        pytest.skip(f"needs user namespaces; this machine has: {sandbox.isolation()}")
+        message = f"needs user namespaces; this machine has: {sandbox.isolation()}"
+        if os.environ.get("LORALAB_TEST_REQUIRE_NAMESPACES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture
@@ -98,10 +107,10 @@ def test_falls_back_when_namespaces_fail(monkeypatch):
     assert any(item.startswith("file protection") for item in fallback.missing)
 
 
-def print_isolation(capsys: pytest.CaptureFixture) -> list[str]:
+def print_isolation(capsys: pytest.CaptureFixture, exit_code: int = 0) -> list[str]:
     from loralab.cli import main
 
-    assert main(["sandbox"]) == 0
+    assert main(["sandbox"]) == exit_code
     return capsys.readouterr().out.splitlines()
 
 
@@ -118,10 +127,54 @@ def test_cli_says_what_the_fallback_lacks(monkeypatch, capsys):
     monkeypatch.setattr(sandbox, "UNSHARE_FLAGS", (*sandbox.UNSHARE_FLAGS, "--no-such-option"))
     fallback = sandbox._detect()
     monkeypatch.setattr(sandbox, "_probe", lambda: fallback)
-    lines = print_isolation(capsys)
+    lines = print_isolation(capsys, exit_code=1)
     assert any(line.startswith("  missing: namespaces (") for line in lines), lines
     assert any(line.startswith("  missing: file protection") for line in lines), lines
     assert not any("namespaces via unshare" in line for line in lines)
+    assert lines[-2] == f"code evaluation refuses to run here. To get the namespaces: {fallback.how_to_fix}"
+    assert "code_eval_isolation" in lines[-1] and "rlimits-only" in lines[-1]
+
+
+def test_refuses_to_run_anything_without_namespaces(monkeypatch, tmp_path):
+    """The default demands namespaces: where they fail, nothing runs, and the one-line error says what is
+    missing, why, how to get it and how to accept the risk; isolation="rlimits-only" runs the program."""
+    monkeypatch.setattr(sandbox, "UNSHARE_FLAGS", (*sandbox.UNSHARE_FLAGS, "--no-such-option"))
+    fallback = sandbox._detect()
+    monkeypatch.setattr(sandbox, "_probe", lambda: fallback)
+    marker = tmp_path / "ran"
+    source = f"open({str(marker)!r}, 'w').close()"
+    with pytest.raises(sandbox.SandboxUnavailable) as refused:
+        run_code(source)
+    message = str(refused.value)
+    assert "\n" not in message and not marker.exists()
+    assert "namespaces cannot be set up here (sandbox did not start" in message, message
+    assert f"To get them: {fallback.how_to_fix}." in message
+    assert message.endswith('run_code(..., isolation="rlimits-only")')
+    assert run_code(source, isolation=FALLBACK).status == "ok" and marker.exists()  # unprotected: it could
+    with pytest.raises(ValueError, match="isolation must be one of namespaces, rlimits-only"):
+        run_code("pass", isolation="none")
+
+
+def test_says_which_setting_forbids_namespaces(monkeypatch, tmp_path):
+    setting, container = tmp_path / "max_user_namespaces", tmp_path / ".dockerenv"
+    setting.write_text("0\n")
+    monkeypatch.setattr(sandbox, "USERNS_SETTINGS", {str(setting): ("0", "raise the setting")})
+    monkeypatch.setattr(sandbox, "CONTAINER_MARKERS", (str(container),))
+    assert sandbox._how_to_get_namespaces() == "raise the setting"
+    container.touch()
+    assert sandbox._how_to_get_namespaces() == f"raise the setting; {sandbox.CONTAINER_FIX}"
+    setting.write_text("15000\n")
+    assert sandbox._how_to_get_namespaces() == sandbox.CONTAINER_FIX
+    container.unlink()
+    assert "user.max_user_namespaces > 0" in sandbox._how_to_get_namespaces()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `unshare`
+    assert sandbox._how_to_get_namespaces().startswith("install util-linux")
+
+
+def test_python_directly_in_a_hidden_folder_is_refused(monkeypatch):
+    monkeypatch.setattr(sys, "prefix", "/tmp")
+    with pytest.raises(sandbox.SandboxError, match="Python lives directly in /tmp"):
+        sandbox._interpreter()
 
 
 def test_code_eval_logs_the_isolation_when_it_starts(capsys):
@@ -629,7 +682,8 @@ sys.path.insert(0, sys.argv[1])
 import sandbox
 if sys.argv[2] == "rlimits-only":
     sandbox._probe = lambda: sandbox.Isolation(False, "forced")
-result = sandbox.run_code(sys.stdin.read().replace("CALLER_PID", str(os.getpid())), timeout_s=5.0)
+program = sys.stdin.read().replace("CALLER_PID", str(os.getpid()))
+result = sandbox.run_code(program, timeout_s=5.0, isolation=sys.argv[2])
 print(json.dumps({"status": result.status, "truncated": result.truncated, "stdout": result.stdout,
                   "stderr": result.stderr}))
 """

@@ -224,6 +224,20 @@ def truncate_completion(text: str, whole_function: bool = False) -> str:
 # ---------------------------------------------------------------------------------------------- execution
 
 
+OPT_IN = 'code_eval_isolation = "rlimits-only" in the config (or --code_eval_isolation=rlimits-only)'
+
+
+def require_sandbox(isolation: str) -> None:
+    """Refuse, with a one-line UserError, when the sandbox cannot give `isolation` (a code_eval_isolation
+    value) here: called before any model loads or trains, so that no time is lost."""
+    from loralab.sandbox import SandboxUnavailable, require
+
+    try:
+        require(isolation, opt_in=OPT_IN)
+    except SandboxUnavailable as exc:
+        raise UserError(str(exc)) from None
+
+
 def execute(
     programs: list[list[str]],
     ks: Sequence[int] = (1,),
@@ -231,8 +245,12 @@ def execute(
     workers: int = 2,
     memory_mb: int = 1024,
     progress: bool = True,
+    isolation: str = "namespaces",
 ) -> dict:
     """Run every sample program of every problem in loralab.sandbox and estimate pass@k.
+
+    isolation: "namespaces" raises loralab.sandbox.SandboxUnavailable, before running anything, where this
+    machine cannot set the namespaces up; "rlimits-only" runs the programs there anyway, with rlimits alone.
 
     `programs[i]` holds the n_i runnable programs (samples) of problem i; a sample passes when its status is "ok".
     pass@k is the mean over problems of metrics.pass_at_k(n_i, c_i, k), reported for each k in `ks` that is
@@ -242,13 +260,19 @@ def execute(
     """
     from tqdm.auto import tqdm
 
-    from loralab.sandbox import isolation, run_code
+    from loralab.sandbox import require, run_code
 
     if not programs or any(not samples for samples in programs):
         raise ValueError("every problem needs at least one program")
     if any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive, got {list(ks)}")
-    print(f"loralab: sandbox: {isolation()}", file=sys.stderr, flush=True)
+    probe = require(isolation, opt_in='execute(..., isolation="rlimits-only")')
+    risk = (
+        ""
+        if probe.namespaces
+        else f"running generated code WITHOUT namespaces, as isolation = {isolation} allows: "
+    )
+    print(f"loralab: sandbox: {risk}{probe.description}", file=sys.stderr, flush=True)
     jobs = [(i, j) for i, samples in enumerate(programs) for j in range(len(samples))]
     results: dict[tuple[int, int], object] = {}
     with (
@@ -256,8 +280,7 @@ def execute(
         tqdm(total=len(jobs), desc="executing", unit="program", disable=not progress) as bar,
     ):
         futures = {
-            pool.submit(run_code, programs[i][j], timeout_s=timeout_s, memory_mb=memory_mb): (i, j)
-            for i, j in jobs
+            pool.submit(run_code, programs[i][j], timeout_s, memory_mb, isolation): (i, j) for i, j in jobs
         }
         for future in as_completed(futures):
             results[futures[future]] = future.result()

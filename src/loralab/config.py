@@ -108,6 +108,9 @@ class RunConfig:
     code_eval_samples: int = 1  # samples per problem; pass@k is reported for k in 1, 10, 100 up to this
     max_code_eval_problems: int = 0  # 0 = all (164 HumanEval, 500 MBPP test)
     code_eval_timeout_s: float = 5.0
+    # namespaces: refuse to run generated code where the sandbox's namespaces cannot be set up (see `loralab
+    # sandbox`); rlimits-only: run it there anyway, with rlimits alone (it can read and write your files)
+    code_eval_isolation: str = "namespaces"
 
     def lora_config(self) -> LoRAConfig:
         return LoRAConfig(
@@ -156,6 +159,7 @@ CHOICES = {
     "method": ("lora", "full", "last_layers", "prompt_tuning", "qlora", "distill"),
     "model_kind": ("auto", "causal", "seq2seq", "classifier"),
     "code_eval": ("", "humaneval", "mbpp"),
+    "code_eval_isolation": ("namespaces", "rlimits-only"),
     "lr_schedule": ("cosine", "linear", "constant"),
     "bias": ("none", "all", "lora_only"),
     "lora_variant": ("lora", "dora"),

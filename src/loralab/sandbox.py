@@ -16,6 +16,8 @@ separate process, kills everything it started and deletes the directory. The lay
    - mount: the launcher remounts the whole filesystem read-only and mounts private, size-limited tmpfs
      on /tmp (which holds the work directory), /dev/shm and /run (hiding the host's sockets), and a /dev
      with only null, zero, full, random, urandom and tty (no terminals, console, disks or kernel log).
+     Python's own folders that lie under the hidden ones (a venv or an installation under /tmp) are bound
+     back, read-only, at the same paths, so the program's interpreter and standard library stay reachable.
 3. Launcher: this file run as a script (stdlib only). It sets the mounts up, caps the PIDs of the
    namespace (pid_max, Linux >= 6.14), starts the program, reaps orphans, stops all the program's
    processes when together they hold more than the memory limit (RLIMIT_AS bounds each one alone; memfd
@@ -25,11 +27,12 @@ separate process, kills everything it started and deletes the directory. The lay
    no core dumps), no capabilities and no way to gain any (no_new_privs), an environment built from
    scratch (none of the caller's variables), stdin from /dev/null.
 
-Without user namespaces (some containers, hardened kernels) layers 1, 3 and 4 remain, and the launcher
-finds daemons as a child subreaper; but then the program can read and write the user's files, use the
-network and signal, trace and write to the user's other processes (the caller's terminal included); as root
-also the machine's settings in /proc/sys. `isolation()` says which layers this machine gives and what it
-lacks; `loralab sandbox` prints that.
+Without user namespaces (some containers, hardened kernels) only layers 1, 3 and 4 could remain, and then
+the program could read and write the user's files, use the network and signal, trace and write to the
+user's other processes (the caller's terminal included); as root also the machine's settings in /proc/sys.
+So `run_code` refuses (SandboxUnavailable, saying why and how to get the namespaces) unless the caller
+accepts that risk with isolation="rlimits-only"; the launcher then finds daemons as a child subreaper.
+`isolation()` says which layers this machine gives and what it lacks; `loralab sandbox` prints that.
 
 The supervisor deletes the work directory through a descriptor it kept, so a program that moves it, locks
 it (chmod 000) or leaves a symlink in its place cannot make cleanup follow a link out of it.
@@ -58,6 +61,8 @@ from typing import Literal, NamedTuple
 # This module is also the launcher, run as `python -I -S sandbox.py CONFIG`: import nothing outside the stdlib.
 
 Status = Literal["ok", "error", "timeout", "killed"]
+Level = Literal["namespaces", "rlimits-only"]  # what run_code demands: the namespaces, or accepts less
+LEVELS = ("namespaces", "rlimits-only")
 
 MAX_OUTPUT_BYTES = 64 * 1024  # kept of stdout and of stderr each; more gets the program killed
 MAX_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file the program may write
@@ -65,6 +70,7 @@ MAX_PROCESSES = 64  # RLIMIT_NPROC headroom above the user's current number of p
 MAX_OPEN_FILES = 256
 PID_NS_MAX = 301  # pid_max inside the PID namespace (the kernel's minimum): at most ~300 processes
 TMPFS = (("/tmp", "size=64m,mode=1777"), ("/run", "size=1m,mode=755"))  # /dev/shm: see _make_dev
+HIDDEN = ("/tmp", "/run", "/dev")  # what the launcher covers with fresh mounts (Python is bound back)
 DEV_SHM = "size=16m,mode=1777"
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")  # bound from the host into the new /dev
 DEV_LINKS = {
@@ -100,6 +106,10 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed to start (not the program): e.g. a mount or `unshare` failed."""
 
 
+class SandboxUnavailable(SandboxError):
+    """The isolation asked for cannot be set up on this machine, so nothing was run."""
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """What a program did. status: "ok" = exit 0; "error" = nonzero exit (an exception, a failed assert, also
@@ -118,20 +128,52 @@ class ExecResult:
 
 class Isolation(NamedTuple):
     """What _probe found: whether the namespaces work here, the text of isolation(), the layers in force and
-    the protections missing on this machine."""
+    the protections missing on this machine; without namespaces, why not and what would give them."""
 
     namespaces: bool
     description: str
     active: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    reason: str = ""
+    how_to_fix: str = ""
 
 
-def run_code(program: str, timeout_s: float = 5.0, memory_mb: int = 1024) -> ExecResult:
-    """Run `program` (Python source) in the sandbox and return what happened; safe to call from threads."""
+def run_code(
+    program: str, timeout_s: float = 5.0, memory_mb: int = 1024, isolation: Level = "namespaces"
+) -> ExecResult:
+    """Run `program` (Python source) in the sandbox and return what happened; safe to call from threads.
+
+    isolation="namespaces" (the default) raises SandboxUnavailable where this machine cannot set the
+    namespaces up; "rlimits-only" accepts running the program with rlimits alone there (it can then read and
+    write the user's files and use the network). Namespaces are used wherever they work, in both cases."""
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError(f"timeout_s and memory_mb must be positive, got {timeout_s} and {memory_mb}")
-    result, _layers = _run(program, timeout_s, memory_mb, namespaces=_probe().namespaces)
+    probe = require(isolation)
+    result, _layers = _run(program, timeout_s, memory_mb, namespaces=probe.namespaces)
     return result
+
+
+def require(
+    isolation: Level = "namespaces", opt_in: str = 'run_code(..., isolation="rlimits-only")'
+) -> Isolation:
+    """This machine's isolation; raises SandboxUnavailable, one line naming what is missing, why, how to get
+    it and `opt_in` (how the caller accepts the risk), when `isolation` asks for namespaces that do not work."""
+    if isolation not in LEVELS:
+        raise ValueError(f"isolation must be one of {', '.join(LEVELS)}, got {isolation!r}")
+    probe = _probe()
+    if isolation == "namespaces" and not probe.namespaces:
+        raise SandboxUnavailable(
+            f"refusing to run untrusted code: the sandbox's namespaces cannot be set up here ({probe.reason}), "
+            "and without them the program could read and write your files, use the network and signal your "
+            f"processes. To get them: {probe.how_to_fix}. To run it anyway with rlimits only, at that risk: "
+            f"{opt_in}"
+        )
+    return probe
+
+
+def probe() -> Isolation:
+    """What isolation this machine gives run_code (tried once, then cached)."""
+    return _probe()
 
 
 def isolation() -> str:
@@ -164,7 +206,7 @@ def _probe() -> Isolation:
 def _detect() -> Isolation:
     common = ["rlimits (CPU, memory, file size, processes, open files)", "no capabilities", "scrubbed env"]
     root = os.getuid() == 0
-    reason = "`unshare` not found"
+    reason = "util-linux `unshare` not found"
     if shutil.which("unshare"):
         try:
             result, layers = _run("print('ok')", 10.0, 256, namespaces=True)
@@ -185,7 +227,46 @@ def _detect() -> Isolation:
     ]
     if root:
         missing += ["root: RLIMIT_NPROC not enforced; /proc/sys and root-owned files writable"]
-    return _isolation(False, [*common, "new session + subreaper"], missing)
+    probe = _isolation(False, [*common, "new session + subreaper"], missing)
+    return probe._replace(reason=reason, how_to_fix=_how_to_get_namespaces())
+
+
+# Settings that, where they exist, forbid ordinary users to create user namespaces; value -> the fix.
+USERNS_SETTINGS = {
+    "/proc/sys/kernel/unprivileged_userns_clone": ("0", "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+    "/proc/sys/user/max_user_namespaces": ("0", "sudo sysctl -w user.max_user_namespaces=15000"),
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns": (
+        "1",
+        "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu 23.10+; or an AppArmor profile "
+        "that allows user namespaces for this Python)",
+    ),
+}
+CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")  # files Docker and Podman put in their containers
+CONTAINER_FIX = (
+    "in Docker or Podman, start the container with --security-opt seccomp=unconfined --security-opt "
+    "apparmor=unconfined (their default profiles block user namespaces), or run loralab outside it"
+)
+
+
+def _how_to_get_namespaces() -> str:
+    """What would let this machine create the namespaces: the settings found forbidding them, else the usual
+    suspects."""
+    if not shutil.which("unshare"):
+        return "install util-linux, which provides `unshare` (e.g. apt install util-linux)"
+    fixes = []
+    for path, (forbidding, fix) in USERNS_SETTINGS.items():
+        with contextlib.suppress(OSError), open(path) as file:
+            if file.read().strip() == forbidding:
+                fixes.append(fix)
+    if any(os.path.exists(marker) for marker in CONTAINER_MARKERS):
+        fixes.append(CONTAINER_FIX)
+    if fixes:
+        return "; ".join(fixes)
+    return (
+        "Linux 5.12 or newer that lets ordinary users create user namespaces (sysctl user.max_user_namespaces "
+        "> 0; kernel.unprivileged_userns_clone = 1 and kernel.apparmor_restrict_unprivileged_userns = 0 where "
+        f"they exist); {CONTAINER_FIX}"
+    )
 
 
 def _missing_in_namespaces(layers: list[str], root: bool) -> list[str]:
@@ -238,11 +319,13 @@ def _run(program: str, timeout_s: float, memory_mb: int, namespaces: bool) -> tu
 
 def _command(workdir: str, status_fd: int, timeout_s: float, memory_mb: int, namespaces: bool) -> list[str]:
     """`[unshare FLAGS] python -I -S sandbox.py CONFIG`: the launcher, in the namespaces when we have them."""
+    python, keep = _interpreter()
     config = {
         "status_fd": status_fd,
         "workdir": workdir,
         "namespaces": namespaces,
-        "python": sys.executable,
+        "python": python,
+        "keep": keep,
         "cpu_s": int(timeout_s) + 2,
         "memory_bytes": memory_mb * 1024 * 1024,
         "nproc": _user_task_count() + MAX_PROCESSES,
@@ -250,6 +333,30 @@ def _command(workdir: str, status_fd: int, timeout_s: float, memory_mb: int, nam
     }
     launcher = [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)]
     return [shutil.which("unshare") or "unshare", *UNSHARE_FLAGS, *launcher] if namespaces else launcher
+
+
+def _interpreter() -> tuple[str, list[str]]:
+    """The Python to run the program with (its folder's links resolved, its own name kept: a venv's `python`
+    may be a link, and its pyvenv.cfg sits above that folder) and the folders under HIDDEN that it needs,
+    its environment and its installation, which the launcher binds back read-only."""
+    python = os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
+    folders = {os.path.dirname(python), os.path.dirname(os.path.realpath(python))}
+    folders |= {
+        os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)
+    }
+    hidden = {path for path in folders if _within(path, HIDDEN)}
+    for path in hidden:
+        if path in (*HIDDEN, "/dev/shm"):
+            raise SandboxError(f"Python lives directly in {path}, which the sandbox must hide; install it or "
+                               "its virtual environment in a folder of its own")  # fmt: skip
+        if _within(path, ("/dev",)) and not _within(path, ("/dev/shm",)):
+            raise SandboxError(f"Python lives under {path}, which the sandbox replaces; install it elsewhere")
+    return python, sorted(path for path in hidden if not _within(os.path.dirname(path), hidden))
+
+
+def _within(path: str, folders: object) -> bool:
+    """Whether `path` is one of `folders` or lies inside one."""
+    return any(path == folder or path.startswith(folder.rstrip("/") + "/") for folder in folders)
 
 
 def _supervise(
@@ -426,7 +533,7 @@ def _make_owner_writable(path_fd: int) -> None:
 
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 4, 24, 36
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
-MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE = 2, 4, 4096, 8192
+MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC = 2, 4, 4096, 8192, 16384
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -459,6 +566,7 @@ def _prepare(config: dict) -> tuple[str, list[str]]:
             layers.append(f"at most {PID_NS_MAX - 1} PIDs (pid_max)")
         if _forbid_user_namespaces():
             layers.append("no nested user namespaces")
+        kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in config["keep"]]  # before hiding
         _make_readonly("/")
         for path, options in TMPFS:
             if os.path.isdir(path):
@@ -466,6 +574,13 @@ def _prepare(config: dict) -> tuple[str, list[str]]:
         layers.append("read-only filesystem, private tmpfs /tmp /dev/shm /run")
         if _make_dev():
             layers.append("/dev with only " + " ".join(DEV_NODES))
+        for path, folder_fd in kept:
+            _bind_readonly(folder_fd, path)
+            os.close(folder_fd)
+        if kept:
+            layers.append(
+                "Python's own folders kept there, read-only: " + " ".join(path for path, _fd in kept)
+            )
         workdir = os.path.join("/tmp", os.path.basename(workdir))  # inside the private /tmp
         os.mkdir(workdir, 0o700)
         with open(os.path.join(workdir, PROGRAM_NAME), "wb") as file:
@@ -641,6 +756,13 @@ def _mount(source: bytes, target: str, fstype: bytes | None, flags: int, options
     data = options.encode() if options else None
     result = _libc().mount(source, target.encode(), fstype, ctypes.c_ulong(flags), data)
     _check(result, f"mount {source.decode()} on {target}")
+
+
+def _bind_readonly(folder_fd: int, path: str) -> None:
+    """Bind the folder of an O_PATH descriptor (opened before its path was hidden) back at `path`, read-only."""
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    _mount(f"/proc/self/fd/{folder_fd}".encode(), path, None, MS_BIND | MS_REC)
+    _make_readonly(path)
 
 
 def _make_dev() -> bool:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from loralab import distributed
 from loralab.atomic import check_writable
 from loralab.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
+from loralab.code_eval import require_sandbox
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, read_run_config
 from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
@@ -55,7 +56,8 @@ RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl"
              "tensorboard", "wandb", "wandb_run_id")  # fmt: skip
 # Keys that may change when a run is resumed (to train longer or evaluate differently; out_dir: a moved run).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
-                     "gradient_checkpointing", "compile", "report_to", "on_nonfinite", "out_dir"}  # fmt: skip
+                     "gradient_checkpointing", "compile", "report_to", "on_nonfinite", "out_dir",
+                     "code_eval_isolation"}  # fmt: skip
 
 
 def _log(message: str) -> None:
@@ -140,6 +142,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     """Run one training job as `config` describes and return its summary (also written to summary.json)."""
     task, method = get_task(config.task), get_method(config.method)
     check_reporters(config.report_to)
+    if config.code_eval:  # refuse now, not after training, where generated code could not run contained
+        require_sandbox(config.code_eval_isolation)
     world, device = distributed.init(resolve_device(config.device))
     if world.size > 1 and hasattr(method, "attach_teacher"):
         raise UserError(f"method {config.method} does not run under torchrun; train it in one process")

@@ -97,7 +97,11 @@ def extra_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, devic
         for i, p in enumerate(problems)
     ]  # fmt: skip
     result = code_eval.execute(
-        programs, ks=[k for k in PASS_KS if k <= n], timeout_s=config.code_eval_timeout_s, workers=4
+        programs,
+        ks=[k for k in PASS_KS if k <= n],
+        timeout_s=config.code_eval_timeout_s,
+        workers=4,
+        isolation=config.code_eval_isolation,
     )
     statuses: dict[str, int] = {}
     for problem in result["problems"]:
