@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors import safe_open
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5ForConditionalGeneration, T5Tokenizer
 
 import tiny_models
@@ -549,3 +550,40 @@ def test_saved_vocab_file_and_the_checks_on_re_adding(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="other tokens"):
         load_code_vocab(tmp_path)
+
+
+@pytest.mark.slow
+def test_seq2seq_run_with_the_code_vocab_trains_saves_and_re_scores_identically(
+    tmp_path, shared_data, monkeypatch
+):
+    """Experiment 2's offline command on the bundled BERT2BERT: train, test metrics, then eval and reload."""
+    from loralab.cli import main
+    from loralab.config import read_run_config
+    from loralab.inference import load_for_inference
+    from loralab.tasks import get_task
+
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "configs/experiments/02_t5_code_qa_lora.toml"), "--model=minilm-l6-seq2seq",
+            "--target_modules=query,value", "--max_steps=1", "--max_train_samples=16", "--max_eval_samples=4",
+            "--max_test_samples=4", "--max_new_tokens=8", "--max_length=96", "--report_to=",
+            f"--out_dir={out}"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_kind"] == "seq2seq" and summary["metrics"]["n"] == 4
+    assert {"bleu", "token_precision", "token_recall", "token_f1"} <= summary["metrics"].keys()
+    vocab = load_code_vocab(out / "adapter")
+    assert vocab.modules_to_save == MODELS["bert2bert"][2]
+    with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as saved:
+        for module in vocab.modules_to_save:
+            assert saved.get_slice(f"base_model.model.{module}.weight").get_shape()[0] == vocab.num_embeddings
+
+    assert main(["eval", str(out)]) == 0
+    assert json.loads((out / "eval.json").read_text()) == summary["metrics"]
+    # the reloaded adapter writes exactly what the trained model wrote
+    config = read_run_config(out / "config.json")
+    model, tokenizer, device, predict = load_for_inference(config, out)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    texts = [get_task(config.task).input_text(config, row) for row in rows]
+    assert predict(model, tokenizer, texts, config, device) == [row["generated"] for row in rows]

@@ -14,10 +14,16 @@ from loralab.errors import UserError
 
 def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer) that `config.method` starts from: the pretrained model, unless the method builds
-    its own (distill builds a small student)."""
+    its own (distill builds a small student).
+
+    Seeded with config.seed first: parts the checkpoint has no weights for start random (minilm-l6-seq2seq's
+    cross-attention and the decoder's LM-head transform), and unless an adapter saves them they must be the
+    same in `loralab eval` and `generate` as they were in training.
+    """
     from loralab.methods import get_method
     from loralab.models import load_model_and_tokenizer
 
+    torch.manual_seed(config.seed)
     method = get_method(config.method)
     if hasattr(method, "build_model"):
         return method.build_model(config, device)
