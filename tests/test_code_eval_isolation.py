@@ -49,6 +49,13 @@ def test_eval_refuses_before_loading_the_model(tmp_path):
     assert_refused(done)
 
 
+def test_compare_refuses_before_its_first_run(tmp_path):
+    out = tmp_path / "runs"
+    done = loralab(tmp_path, "compare", CONFIG, "--methods", "lora,full", *TINY, f"--out_dir={out}")
+    assert_refused(done)
+    assert not any(out.rglob("*.json")), list(out.rglob("*"))
+
+
 def test_unknown_isolation_is_a_config_error(tmp_path):
     done = loralab(tmp_path, "train", CONFIG, "--code_eval_isolation=none", f"--out_dir={tmp_path / 'run'}")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

@@ -30,7 +30,7 @@ PROBE = """
 import json, os, sys
 from loralab import sandbox
 probe = sandbox.probe()
-result = sandbox.run_code("import sys, json, collections; print(sys.executable, sys.flags.isolated)")
+result = sandbox.run_code("import sys, ctypes, decimal, json, math, zlib; print(sys.executable, sys.flags.isolated)")
 print(json.dumps({"executable": sys.executable, "namespaces": probe.namespaces, "layers": probe.active,
                   "result": [result.status, result.stdout]}))
 """
