@@ -107,8 +107,7 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
     if not overwrite:
         check_earlier_runs(runs)
     for _name, config in runs:  # once, before any run, rather than one refused run after another
-        if config.code_eval:
-            require_sandbox(config.code_eval_isolation)
+        require_sandbox(config)
     folders: list[Path] = []
     durations: list[float] = []  # seconds of each run trained by this call, for the time-left estimate
     for i, (name, config) in enumerate(runs, 1):

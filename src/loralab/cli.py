@@ -207,8 +207,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config, run = _run_config(args.run_dir, args.model, overrides)
     task = get_task(config.task)
-    if config.code_eval:  # refuse before the model loads
-        require_sandbox(config.code_eval_isolation)
+    require_sandbox(config)  # before the model loads
     rows, source = task.load_split(config, "test")
     rows = random_subset(rows, config.max_test_samples, config.seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)

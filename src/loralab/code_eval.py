@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.metrics import pass_at_k
 from loralab.paths import data_dir
@@ -227,13 +228,15 @@ def truncate_completion(text: str, whole_function: bool = False) -> str:
 OPT_IN = 'code_eval_isolation = "rlimits-only" in the config (or --code_eval_isolation=rlimits-only)'
 
 
-def require_sandbox(isolation: str) -> None:
-    """Refuse, with a one-line UserError, when the sandbox cannot give `isolation` (a code_eval_isolation
-    value) here: called before any model loads or trains, so that no time is lost."""
+def require_sandbox(config: RunConfig) -> None:
+    """With code_eval set, refuse (a one-line UserError) when the sandbox cannot give config's
+    code_eval_isolation here: called before any model loads or trains, so that no time is lost."""
     from loralab.sandbox import SandboxUnavailable, require
 
+    if not config.code_eval:
+        return
     try:
-        require(isolation, opt_in=OPT_IN)
+        require(config.code_eval_isolation, opt_in=OPT_IN)
     except SandboxUnavailable as exc:
         raise UserError(str(exc)) from None
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
 from loralab.paths import read_json_object
+from loralab.sandbox import LEVELS as ISOLATION_LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -159,7 +160,7 @@ CHOICES = {
     "method": ("lora", "full", "last_layers", "prompt_tuning", "qlora", "distill"),
     "model_kind": ("auto", "causal", "seq2seq", "classifier"),
     "code_eval": ("", "humaneval", "mbpp"),
-    "code_eval_isolation": ("namespaces", "rlimits-only"),
+    "code_eval_isolation": ISOLATION_LEVELS,
     "lr_schedule": ("cosine", "linear", "constant"),
     "bias": ("none", "all", "lora_only"),
     "lora_variant": ("lora", "dora"),

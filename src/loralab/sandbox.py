@@ -56,13 +56,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 # This module is also the launcher, run as `python -I -S sandbox.py CONFIG`: import nothing outside the stdlib.
 
 Status = Literal["ok", "error", "timeout", "killed"]
 Level = Literal["namespaces", "rlimits-only"]  # what run_code demands: the namespaces, or accepts less
-LEVELS = ("namespaces", "rlimits-only")
+LEVELS: tuple[str, ...] = get_args(Level)
 
 MAX_OUTPUT_BYTES = 64 * 1024  # kept of stdout and of stderr each; more gets the program killed
 MAX_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file the program may write
@@ -148,8 +148,8 @@ def run_code(
     write the user's files and use the network). Namespaces are used wherever they work, in both cases."""
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError(f"timeout_s and memory_mb must be positive, got {timeout_s} and {memory_mb}")
-    probe = require(isolation)
-    result, _layers = _run(program, timeout_s, memory_mb, namespaces=probe.namespaces)
+    found = require(isolation)
+    result, _layers = _run(program, timeout_s, memory_mb, namespaces=found.namespaces)
     return result
 
 
@@ -160,15 +160,15 @@ def require(
     it and `opt_in` (how the caller accepts the risk), when `isolation` asks for namespaces that do not work."""
     if isolation not in LEVELS:
         raise ValueError(f"isolation must be one of {', '.join(LEVELS)}, got {isolation!r}")
-    probe = _probe()
-    if isolation == "namespaces" and not probe.namespaces:
+    found = _probe()
+    if isolation == "namespaces" and not found.namespaces:
         raise SandboxUnavailable(
-            f"refusing to run untrusted code: the sandbox's namespaces cannot be set up here ({probe.reason}), "
+            f"refusing to run untrusted code: the sandbox's namespaces cannot be set up here ({found.reason}), "
             "and without them the program could read and write your files, use the network and signal your "
-            f"processes. To get them: {probe.how_to_fix}. To run it anyway with rlimits only, at that risk: "
+            f"processes. To get them: {found.how_to_fix}. To run it anyway with rlimits only, at that risk: "
             f"{opt_in}"
         )
-    return probe
+    return found
 
 
 def probe() -> Isolation:
@@ -227,8 +227,8 @@ def _detect() -> Isolation:
     ]
     if root:
         missing += ["root: RLIMIT_NPROC not enforced; /proc/sys and root-owned files writable"]
-    probe = _isolation(False, [*common, "new session + subreaper"], missing)
-    return probe._replace(reason=reason, how_to_fix=_how_to_get_namespaces())
+    fallback = _isolation(False, [*common, "new session + subreaper"], missing)
+    return fallback._replace(reason=reason, how_to_fix=_how_to_get_namespaces())
 
 
 # Settings that, where they exist, forbid ordinary users to create user namespaces; value -> the fix.

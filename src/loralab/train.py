@@ -142,8 +142,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     """Run one training job as `config` describes and return its summary (also written to summary.json)."""
     task, method = get_task(config.task), get_method(config.method)
     check_reporters(config.report_to)
-    if config.code_eval:  # refuse now, not after training, where generated code could not run contained
-        require_sandbox(config.code_eval_isolation)
+    require_sandbox(config)  # with code_eval: refuse now rather than after training
     world, device = distributed.init(resolve_device(config.device))
     if world.size > 1 and hasattr(method, "attach_teacher"):
         raise UserError(f"method {config.method} does not run under torchrun; train it in one process")
