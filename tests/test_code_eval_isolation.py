@@ -49,6 +49,20 @@ def test_eval_refuses_before_loading_the_model(tmp_path):
     assert_refused(done)
 
 
+def test_missing_problems_are_refused_before_the_model_loads(tmp_path, tiny_llama_folder):
+    """Namespaces here, but no MBPP file: the run stops at once, not after training."""
+    out, empty = tmp_path / "run", tmp_path / "no_data"
+    empty.mkdir()
+    env = {**os.environ, "LORALAB_DATA_DIR": str(empty)}
+    done = subprocess.run([sys.executable, "-m", "loralab", "train", CONFIG, *TINY, "--code_eval=mbpp",
+                           "--dataset=stdlib_docstrings", f"--model={tiny_llama_folder}", f"--out_dir={out}"],
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "mbpp" in lines[0].lower() and lines[0].startswith("loralab: error: "), lines
+    assert not out.exists()
+
+
 def test_compare_refuses_before_its_first_run(tmp_path):
     out = tmp_path / "runs"
     done = loralab(tmp_path, "compare", CONFIG, "--methods", "lora,full", *TINY, f"--out_dir={out}")

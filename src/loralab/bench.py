@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from loralab.code_eval import require_sandbox
+from loralab.code_eval import check_code_eval
 from loralab.config import CHOICES, RunConfig, load_config
 from loralab.errors import Interrupted, UserError
 from loralab.report import write_json_atomically
@@ -107,7 +107,7 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
     if not overwrite:
         check_earlier_runs(runs)
     for _name, config in runs:  # once, before any run, rather than one refused run after another
-        require_sandbox(config)
+        check_code_eval(config)
     folders: list[Path] = []
     durations: list[float] = []  # seconds of each run trained by this call, for the time-left estimate
     for i, (name, config) in enumerate(runs, 1):

@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.code_eval import require_sandbox
+    from loralab.code_eval import check_code_eval
     from loralab.data import random_subset
     from loralab.evaluate import evaluate_task
     from loralab.inference import load_for_inference
@@ -207,7 +207,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config, run = _run_config(args.run_dir, args.model, overrides)
     task = get_task(config.task)
-    require_sandbox(config)  # before the model loads
+    check_code_eval(config)  # before the model loads
     rows, source = task.load_split(config, "test")
     rows = random_subset(rows, config.max_test_samples, config.seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)

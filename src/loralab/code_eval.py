@@ -228,9 +228,10 @@ def truncate_completion(text: str, whole_function: bool = False) -> str:
 OPT_IN = 'code_eval_isolation = "rlimits-only" in the config (or --code_eval_isolation=rlimits-only)'
 
 
-def require_sandbox(config: RunConfig) -> None:
+def check_code_eval(config: RunConfig) -> None:
     """With code_eval set, refuse (a one-line UserError) when the sandbox cannot give config's
-    code_eval_isolation here: called before any model loads or trains, so that no time is lost."""
+    code_eval_isolation here or the problems cannot be found: called before any model loads or trains, so
+    that no time is lost."""
     from loralab.sandbox import SandboxUnavailable, require
 
     if not config.code_eval:
@@ -239,6 +240,10 @@ def require_sandbox(config: RunConfig) -> None:
         require(config.code_eval_isolation, opt_in=OPT_IN)
     except SandboxUnavailable as exc:
         raise UserError(str(exc)) from None
+    if config.code_eval == "humaneval":
+        load_humaneval()
+    else:
+        load_mbpp(split="test")
 
 
 def execute(

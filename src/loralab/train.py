@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from loralab import distributed
 from loralab.atomic import check_writable
 from loralab.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
-from loralab.code_eval import require_sandbox
+from loralab.code_eval import check_code_eval
 from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, read_run_config
 from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
@@ -142,7 +142,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> d
     """Run one training job as `config` describes and return its summary (also written to summary.json)."""
     task, method = get_task(config.task), get_method(config.method)
     check_reporters(config.report_to)
-    require_sandbox(config)  # with code_eval: refuse now rather than after training
+    check_code_eval(config)  # sandbox and problems: refuse now rather than after training
     world, device = distributed.init(resolve_device(config.device))
     if world.size > 1 and hasattr(method, "attach_teacher"):
         raise UserError(f"method {config.method} does not run under torchrun; train it in one process")
