@@ -36,7 +36,7 @@ def machine() -> str:
 
 def base_model(name: str = "smollm2-135m"):
     """(model, tokenizer) of the bundled model in fp32, in train mode."""
-    from loralab.models import load_model_and_tokenizer
+    from loralab.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(name)
     model.train()
@@ -46,7 +46,7 @@ def base_model(name: str = "smollm2-135m"):
 def loralab_lora(model, r: int = 8, alpha: float = 16.0, targets: list[str] = TARGETS):
     """LoRA as `loralab train` sets it up: the adapter, and the lean gated MLP of swiglu.py."""
     from loralab.lora import LoRAConfig, apply_lora
-    from loralab.swiglu import use_lean_swiglu
+    from loralab.training.swiglu import use_lean_swiglu
 
     model = apply_lora(model, LoRAConfig(r=r, alpha=alpha, dropout=0.0, target_modules=targets))
     use_lean_swiglu(model)
@@ -64,7 +64,7 @@ def peft_lora(model, r: int = 8, alpha: float = 16.0, targets: list[str] = TARGE
 
 def review_rows(split: str = "train") -> list[dict]:
     """Rotten Tomatoes rows ({"text", "label"}) from loralab's usual sources (LORALAB_DATA_DIR first)."""
-    from loralab.sources import load_rotten_tomatoes
+    from loralab.data.sources import load_rotten_tomatoes
 
     return load_rotten_tomatoes(split)[0]
 
@@ -113,7 +113,7 @@ def _batch(input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Ten
 
 def loralab_step(model, optimizer, loss_sum_fn: Callable | None = None) -> Callable[[dict], float]:
     """One optimizer step of loralab's training loop (its loss path: logits only where there are targets)."""
-    from loralab.loss import answer_loss_sum
+    from loralab.evaluation.loss import answer_loss_sum
 
     loss_fn = loss_sum_fn or answer_loss_sum
 
@@ -199,7 +199,7 @@ def counted_flops(fn: Callable[[], object]) -> int:
 
 def peak_rss_mb() -> float:
     """The process's resident-set high-water mark since the last reset (Linux /proc)."""
-    from loralab.report import peak_memory_mb
+    from loralab.training.run_files import peak_memory_mb
 
     return peak_memory_mb(torch.device("cpu"))
 

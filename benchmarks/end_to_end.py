@@ -52,9 +52,9 @@ def peft_pipeline(out_dir: str) -> dict:
         TrainingArguments,
     )
 
-    from loralab.data import random_subset
-    from loralab.metrics import match_label
-    from loralab.models import bundled_dir
+    from loralab.data.encoding import random_subset
+    from loralab.evaluation.metrics import match_label
+    from loralab.models.loading import bundled_dir
 
     t0 = time.time()
     folder = bundled_dir("smollm2-135m")

@@ -32,9 +32,9 @@ OPTIONS = {
 
 def one_option(name: str, steps: int) -> None:
     from loralab.config import RunConfig
-    from loralab.loss import answer_loss_sum
-    from loralab.report import reset_peak_memory
-    from loralab.speed import apply_speed_options, autocast_context, compiled_loss
+    from loralab.evaluation.loss import answer_loss_sum
+    from loralab.training.run_files import reset_peak_memory
+    from loralab.training.speed import apply_speed_options, autocast_context, compiled_loss
 
     config = RunConfig(**OPTIONS[name])
     base, tokenizer = common.base_model()
@@ -65,7 +65,7 @@ def main() -> None:
     if args.option:
         one_option(args.option, args.steps)
         return
-    from loralab.speed import bf16_is_native
+    from loralab.training.speed import bf16_is_native
 
     print(f"# {common.machine()}; bf16 units: {'yes' if bf16_is_native(torch.device('cpu')) else 'no'}")
     print(

@@ -64,7 +64,7 @@ def speed(repeats: int, steps: int) -> None:
 
 
 def _loss(name: str, model, batch: dict) -> float:
-    from loralab.loss import answer_loss_sum
+    from loralab.evaluation.loss import answer_loss_sum
 
     if name == "loralab":
         loss_sum, n = answer_loss_sum(model, batch)
@@ -82,7 +82,7 @@ def one_side(side: str, labels: str, steps: int) -> None:
     )
     batch = BATCHES[labels](tokenizer)
     loaded = common.peak_rss_mb()
-    from loralab.report import reset_peak_memory
+    from loralab.training.run_files import reset_peak_memory
 
     reset_peak_memory(torch.device("cpu"))
     for _ in range(steps):

@@ -29,11 +29,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     from loralab.config import load_config
-    from loralab.data import random_subset
-    from loralab.evaluate import validation_loss
-    from loralab.kinds import get_kind
+    from loralab.data.encoding import random_subset
+    from loralab.evaluation.predict import validation_loss
     from loralab.lora.inject import updates_kept_separate
     from loralab.tasks import get_task
+    from loralab.training.kinds import get_kind
 
     config = load_config("configs/rotten_tomatoes_lora.toml")
     task, kind = get_task(config.task), get_kind("causal")

@@ -24,7 +24,7 @@ def tiny_llama_folder(tmp_path_factory) -> Path:
     """A tiny random 4-block Llama (hidden size 16) with the bundled SmolLM2 tokenizer: a local model folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from loralab.models import load_tokenizer
+    from loralab.models.loading import load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_llama")
     tokenizer = load_tokenizer("smollm2-135m")

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from loralab.bench import compare_configs, parse_grid, split_overrides, sweep_configs
-from loralab.bench_report import write_report
 from loralab.cli import main
 from loralab.errors import UserError
+from loralab.reporting.compare import compare_configs, parse_grid, split_overrides, sweep_configs
+from loralab.reporting.report import write_report
 
 DEMO = "configs/rotten_tomatoes_lora.toml"
 ALL = "lora,full,last_layers,prompt_tuning,qlora"
@@ -107,7 +107,7 @@ def test_compare_all_methods_reports_each_keeps_failures_and_reuses_runs(tmp_pat
 
 
 def test_settings_show_zero_but_not_off_flags():
-    from loralab.bench_report import _settings
+    from loralab.reporting.report import _settings
 
     config = {"method": "last_layers", "n_layers": 0, "train_head": True, "train_embeddings": False,
               "train_layer_norms": False, "lr": 5e-3}  # fmt: skip

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loralab import code_eval
-from loralab.code_eval import (
+from loralab.errors import UserError
+from loralab.evaluation import code_eval
+from loralab.evaluation.code_eval import (
     execute,
     humaneval_program,
     humaneval_prompt,
@@ -18,7 +19,6 @@ from loralab.code_eval import (
     mbpp_prompt,
     truncate_completion,
 )
-from loralab.errors import UserError
 
 DATA = Path(os.environ.get("LORALAB_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 HUMANEVAL_FILE = DATA / "humaneval" / "HumanEval.jsonl.gz"

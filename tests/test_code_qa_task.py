@@ -2,8 +2,8 @@
 
 import pytest
 
-from loralab import code_eval
 from loralab.config import load_config
+from loralab.evaluation import code_eval
 from loralab.tasks import code_qa
 
 

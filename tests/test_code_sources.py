@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from loralab import code_sources
-from loralab.code_sources import (
+from loralab.data import code_sources
+from loralab.data.code_sources import (
     build_stdlib_pairs,
     load_python_codes_25k,
     load_stdlib_docstrings,

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5ForConditionalGeneration, T5Tokenizer
 
 import tiny_models
-from loralab.code_vocab import (
+from loralab.data.code_vocab import (
     CHAR_NAMES,
     DEFAULT,
     CodeVocab,
@@ -43,7 +43,7 @@ from loralab.code_vocab import (
 )
 from loralab.errors import UserError
 from loralab.lora import LoRAConfig, apply_lora, load_adapter, save_adapter
-from loralab.models import bundled_dir
+from loralab.models.loading import bundled_dir
 
 # Every stand-in and explicit spaces: what the lossiest tokenizer would need.
 FULL = CodeVocab(chars="".join(CHAR_NAMES), explicit_spaces=True)
@@ -559,8 +559,8 @@ def test_seq2seq_run_with_the_code_vocab_trains_saves_and_re_scores_identically(
     """Experiment 2's offline command on the bundled BERT2BERT: train, test metrics, then eval and reload."""
     from loralab.cli import main
     from loralab.config import read_run_config
-    from loralab.inference import load_for_inference
     from loralab.tasks import get_task
+    from loralab.training.run_model import load_for_inference
 
     monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 import tiny_models
 from loralab import LoRAConfig, apply_lora
-from loralab.checkpoint import load_checkpoint, previous_of, save_checkpoint, usable_checkpoint
 from loralab.errors import UserError
-from loralab.report import read_metrics
+from loralab.training.checkpoint import load_checkpoint, previous_of, save_checkpoint, usable_checkpoint
+from loralab.training.run_files import read_metrics
 
 
 def small_run() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

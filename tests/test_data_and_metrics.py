@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import tiny_models
-from loralab.data import IGNORE, Encoded, batch_order, collate, encode_example, random_subset
-from loralab.loss import answer_loss_sum
-from loralab.metrics import classification_metrics, match_label
+from loralab.data.encoding import IGNORE, Encoded, batch_order, collate, encode_example, random_subset
+from loralab.evaluation.loss import answer_loss_sum
+from loralab.evaluation.metrics import classification_metrics, match_label
 
 
 class CharTokenizer:

@@ -4,12 +4,12 @@ import shutil
 
 import pytest
 
-from loralab import code_sources
 from loralab.cli import main
-from loralab.code_sources import load_python_codes_25k
-from loralab.data_stats import DATASETS, dataset_stats, format_stats
+from loralab.data import code_sources
+from loralab.data.code_sources import load_python_codes_25k
+from loralab.data.stats import DATASETS, dataset_stats, format_stats
 from loralab.errors import UserError
-from loralab.models import load_tokenizer
+from loralab.models.loading import load_tokenizer
 
 EXCERPT = "python_codes_25k_excerpt/python_codes_25k_first356.jsonl"
 

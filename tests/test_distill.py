@@ -83,10 +83,10 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
     assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
 
     # the teacher's class logits in a padded batch equal those of each prompt run alone
-    from loralab.data import encode_prompt
-    from loralab.inference import load_for_inference
+    from loralab.data.encoding import encode_prompt
     from loralab.methods.distill import compute_teacher_logits
     from loralab.tasks.rotten_tomatoes import load_split
+    from loralab.training.run_model import load_for_inference
 
     config = load_config(None, [f"--teacher={teacher}", "--method=distill"], base=load_config(DEMO, SMALL))
     rows = load_split(config, "test")[0][:5]

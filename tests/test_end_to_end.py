@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import loralab.train as train_module
+import loralab.training.loop as train_module
 from loralab.cli import main
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from loralab.cli import main
 from loralab.config import config_from_dict
-from loralab.inference import load_for_inference
+from loralab.training.run_model import load_for_inference
 
 SMALL = ["--max_train_samples=32", "--max_eval_samples=8", "--max_test_samples=8", "--max_steps=2",
          "--eval_every=0", "--batch_size=8", "--max_length=48", "--lr=5e-2"]  # fmt: skip

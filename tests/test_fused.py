@@ -9,12 +9,12 @@ from transformers.pytorch_utils import Conv1D
 
 import tiny_models
 from loralab import LoRAConfig, LoRALinear, apply_lora
-from loralab.data import IGNORE, Encoded, collate
-from loralab.head_loss import linear_cross_entropy_sum
+from loralab.data.encoding import IGNORE, Encoded, collate
+from loralab.evaluation.head_loss import linear_cross_entropy_sum
+from loralab.evaluation.loss import answer_loss_sum, fused_head
 from loralab.lora import lora_layers, set_auto_merge
 from loralab.lora.fused import fused_lora_linear
-from loralab.loss import answer_loss_sum, fused_head
-from loralab.swiglu import use_lean_swiglu
+from loralab.training.swiglu import use_lean_swiglu
 
 
 def reference(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,12 @@ from transformers import (
 
 from loralab.cli import main
 from loralab.config import load_config
-from loralab.data import collate_seq2seq, encode_seq2seq
-from loralab.kinds import kind_of_config
+from loralab.data.encoding import collate_seq2seq, encode_seq2seq
+from loralab.evaluation.loss import seq2seq_loss_sum
 from loralab.lora import count_parameters, load_adapter, save_adapter
-from loralab.loss import seq2seq_loss_sum
 from loralab.methods import lora as lora_method
-from loralab.models import _minilm_folder, load_model_and_tokenizer, model_kind
+from loralab.models.loading import _minilm_folder, load_model_and_tokenizer, model_kind
+from loralab.training.kinds import kind_of_config
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from loralab.config import load_config
 from loralab.errors import UserError
 from loralab.lora import count_parameters
 from loralab.methods import full, last_layers, prompt_tuning
-from loralab.models import load_model_and_tokenizer
+from loralab.models.loading import load_model_and_tokenizer
 
 
 @pytest.fixture(autouse=True)

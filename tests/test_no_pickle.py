@@ -7,8 +7,8 @@ import torch
 
 import tiny_models
 from loralab import LoRAConfig, apply_lora, load_adapter, save_adapter
-from loralab.checkpoint import load_checkpoint, save_checkpoint
 from loralab.errors import UserError
+from loralab.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 class Payload:

@@ -7,7 +7,7 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-import loralab.train as train_module
+import loralab.training.loop as train_module
 from loralab.cli import main
 
 SMALL = ["configs/rotten_tomatoes_lora.toml", "--max_train_samples=48", "--max_eval_samples=8",

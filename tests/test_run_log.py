@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from loralab.config import load_config
 from loralab.errors import UserError
-from loralab.run_log import RunLog, check_reporters
+from loralab.training.run_log import RunLog, check_reporters
 
 
 def scalars(folder) -> dict[str, list[tuple[int, float]]]:

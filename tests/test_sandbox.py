@@ -1,4 +1,4 @@
-"""loralab.sandbox: benign programs give exact results; hostile ones are contained, and the sandbox still works.
+"""loralab.evaluation.sandbox.supervisor: benign programs give exact results; hostile ones are contained, and the sandbox still works.
 
 Most tests run twice: with the namespaces this machine offers, and in the rlimits-only fallback (forced, and
 accepted with isolation="rlimits-only"), which must still contain what it claims to. Tests that need namespaces
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from loralab import sandbox
-from loralab.sandbox import MAX_OUTPUT_BYTES, run_code
+from loralab.evaluation.sandbox import supervisor as sandbox
+from loralab.evaluation.sandbox.supervisor import MAX_OUTPUT_BYTES, run_code
 
 NAMESPACES = "namespaces"
 FALLBACK = "rlimits-only"
@@ -178,7 +178,7 @@ def test_python_directly_in_a_hidden_folder_is_refused(monkeypatch):
 
 
 def test_code_eval_logs_the_isolation_when_it_starts(capsys):
-    from loralab.code_eval import execute
+    from loralab.evaluation.code_eval import execute
 
     assert execute([["assert 1 + 1 == 2"]], progress=False)["pass@1"] == 1.0
     assert f"loralab: sandbox: {sandbox.isolation()}\n" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from loralab import sandbox
+from loralab.evaluation.sandbox import supervisor as sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SUITE_TIMEOUT_S = 600
 PROBE = """
 import json, os, sys
-from loralab import sandbox
+from loralab.evaluation.sandbox import supervisor as sandbox
 probe = sandbox.probe()
 result = sandbox.run_code("import sys, ctypes, decimal, json, math, zlib; print(sys.executable, sys.flags.isolated)")
 print(json.dumps({"executable": sys.executable, "namespaces": probe.namespaces, "layers": probe.active,

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loralab import sources
+from loralab.data import sources
+from loralab.data.sources import load_rotten_tomatoes, read_table
 from loralab.errors import UserError
-from loralab.sources import load_rotten_tomatoes, read_table
 
 ROWS = [
     {"text": "a fine film", "label": 1},

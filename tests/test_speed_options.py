@@ -12,8 +12,8 @@ from transformers import Gemma3ForCausalLM
 import tiny_models
 from loralab import LoRAConfig, apply_lora
 from loralab.cli import main
-from loralab.data import Encoded, collate, collate_packed, pack_examples
-from loralab.loss import answer_loss_sum, packing_problem
+from loralab.data.encoding import Encoded, collate, collate_packed, pack_examples
+from loralab.evaluation.loss import answer_loss_sum, packing_problem
 
 DEMO = "configs/rotten_tomatoes_lora.toml"
 
@@ -122,7 +122,7 @@ def test_gradient_checkpointing_trains_the_same_adapter(
 
 def test_bf16_autocast_trains_and_says_when_the_cpu_lacks_bf16(tmp_path, tiny_llama_folder, shared_data, capsys,
                                                                monkeypatch):  # fmt: skip
-    from loralab.speed import bf16_is_native
+    from loralab.training.speed import bf16_is_native
 
     monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
     out = tmp_path / "bf16"

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from loralab.data.summarization_sources import clean_text, load_cnn_dailymail, load_summarization, load_xsum
 from loralab.errors import UserError
-from loralab.summarization_sources import clean_text, load_cnn_dailymail, load_summarization, load_xsum
 
 SPLITS = ("train", "validation", "test")
 FOLDER = "summarization_frank_cnndm_xsum"

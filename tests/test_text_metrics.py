@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loralab.metrics import batched_bleu, code_tokens, corpus_bleu, pass_at_k, rouge, token_prf
+from loralab.evaluation.metrics import batched_bleu, code_tokens, corpus_bleu, pass_at_k, rouge, token_prf
 
 SENTENCE = "the quick brown fox jumps over the lazy dog near the river bank today"
 

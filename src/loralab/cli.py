@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loralab.config import RunConfig, describe_options, load_config, read_run_config
 from loralab.errors import Interrupted, UserError
-from loralab.sandbox_cli import add_sandbox_parser, cmd_sandbox
+from loralab.evaluation.sandbox.cli import add_sandbox_parser, cmd_sandbox
 
 TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
 
@@ -172,9 +172,9 @@ def _run_config(
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.atomic import is_disk_full, no_space_error
+    from loralab.files import is_disk_full, no_space_error
     from loralab.tasks import get_task
-    from loralab.train import train
+    from loralab.training.loop import train
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
@@ -198,12 +198,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.code_eval import check_code_eval
-    from loralab.data import random_subset
-    from loralab.evaluate import evaluate_task
-    from loralab.inference import load_for_inference
-    from loralab.report import write_json_atomically, write_lines_atomically
+    from loralab.data.encoding import random_subset
+    from loralab.evaluation.code_eval import check_code_eval
+    from loralab.evaluation.predict import evaluate_task
     from loralab.tasks import get_task
+    from loralab.training.run_files import write_json_atomically, write_lines_atomically
+    from loralab.training.run_model import load_for_inference
 
     config, run = _run_config(args.run_dir, args.model, overrides)
     task = get_task(config.task)
@@ -226,7 +226,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.inference import load_for_inference
+    from loralab.training.run_model import load_for_inference
 
     if len(args.run_dirs) > 1 or args.adapter:
         texts = _generate_with_adapters(args, overrides)
@@ -246,8 +246,8 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _generate_with_adapters(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     """Every run's adapter on one base model, each prompt through the adapter --adapter names for it."""
-    from loralab.evaluate import generate_per_row
-    from loralab.inference import load_with_adapters
+    from loralab.evaluation.predict import generate_per_row
+    from loralab.training.run_model import load_with_adapters
 
     if args.model or not args.run_dirs:
         raise UserError(
@@ -273,7 +273,7 @@ def _generate_with_adapters(args: argparse.Namespace, overrides: list[str]) -> l
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.export import export_run
+    from loralab.training.export import export_run
 
     config, run = _run_config(args.run_dir, None, overrides)
     folder = export_run(run, config, Path(args.to), args.overwrite)
@@ -282,8 +282,8 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _bench(runs: list, overwrite: bool, title: str) -> int:
-    from loralab.bench import run_all
-    from loralab.bench_report import write_report
+    from loralab.reporting.compare import run_all
+    from loralab.reporting.report import write_report
 
     folders = run_all(runs, overwrite)
     path = write_report(folders, folders[0].parent, title)
@@ -293,7 +293,7 @@ def _bench(runs: list, overwrite: bool, title: str) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.bench import compare_configs
+    from loralab.reporting.compare import compare_configs
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs = compare_configs(args.config, methods, overrides)
@@ -301,14 +301,14 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.bench import sweep_configs
+    from loralab.reporting.compare import sweep_configs
 
     runs = sweep_configs(args.config, args.grid, overrides, args.alpha_over_rank)
     return _bench(runs, args.overwrite, f"Sweep over {' × '.join(g.split('=')[0] for g in args.grid)}")
 
 
 def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.bench_report import write_report
+    from loralab.reporting.report import write_report
 
     if overrides:
         raise UserError(f"loralab report takes no overrides, got {' '.join(overrides)}")
@@ -319,7 +319,7 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.data_stats import dataset_stats, format_stats
+    from loralab.data.stats import dataset_stats, format_stats
 
     if overrides:
         raise UserError(f"loralab data {args.action} takes no overrides, got {' '.join(overrides)}")

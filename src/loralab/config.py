@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from loralab.errors import UserError
+from loralab.evaluation.sandbox.supervisor import LEVELS as ISOLATION_LEVELS
+from loralab.files import read_json_object
 from loralab.lora.config import LoRAConfig
-from loralab.paths import read_json_object
-from loralab.sandbox import LEVELS as ISOLATION_LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib

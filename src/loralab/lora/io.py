@@ -21,12 +21,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
+from loralab.files import read_json_object, read_tensors, write_atomically, write_text_atomically
 from loralab.lora.config import LoRAConfig
 from loralab.lora.inject import apply_lora, linear_module_names, lora_layers
-from loralab.paths import read_json_object
-from loralab.tensor_files import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -26,11 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from loralab.atomic import write_atomically
 from loralab.config import RunConfig, load_config, read_run_config
 from loralab.errors import UserError
+from loralab.files import read_tensors, write_atomically
 from loralab.methods.partial import load_trained, save_trained, unfreeze
-from loralab.tensor_files import read_tensors
 
 RNN_STUDENTS = ("gru", "lstm")
 CACHE_FILE = "teacher_logits.safetensors"
@@ -66,7 +65,7 @@ class RNNForSequenceClassification(nn.Module):
 
 def build_model(config: RunConfig, device: torch.device) -> tuple[nn.Module, object]:
     """The untrained student and its tokenizer."""
-    from loralab.models import load_model_and_tokenizer, load_tokenizer
+    from loralab.models.loading import load_model_and_tokenizer, load_tokenizer
 
     if config.student not in RNN_STUDENTS:
         return load_model_and_tokenizer(config.student, device, kind="classifier", num_labels=len(config.label_words),
@@ -115,11 +114,11 @@ def _teacher_config(config: RunConfig) -> tuple[RunConfig, Path | None]:
 @torch.no_grad()
 def compute_teacher_logits(config: RunConfig, rows: list[dict]) -> torch.Tensor:
     """The teacher's class logits (N × classes) for `rows`, with the teacher's own prompt and tokenizer."""
-    from loralab.data import collate_inputs, collate_prompts, encode_prompt
-    from loralab.inference import load_for_inference
-    from loralab.loss import accepts
-    from loralab.models import model_kind
+    from loralab.data.encoding import collate_inputs, collate_prompts, encode_prompt
+    from loralab.evaluation.loss import accepts
+    from loralab.models.loading import model_kind
     from loralab.tasks import get_task
+    from loralab.training.run_model import load_for_inference
 
     teacher_config, run = _teacher_config(config)
     if teacher_config.task != config.task:

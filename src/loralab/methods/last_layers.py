@@ -14,7 +14,7 @@ from torch import nn
 from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.methods.partial import freeze, load_trained, save_trained, unfreeze
-from loralab.trainable import extra_modules_to_save
+from loralab.models.parts import extra_modules_to_save
 
 
 def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from loralab.config import RunConfig
 from loralab.lora import apply_lora, load_adapter, load_adapter_weights, save_adapter
-from loralab.trainable import extra_modules_to_save
+from loralab.models.parts import extra_modules_to_save
 
 
 def prepare(

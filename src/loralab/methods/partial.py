@@ -15,9 +15,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
-from loralab.tensor_files import read_tensors
+from loralab.files import read_tensors, write_atomically, write_text_atomically
 
 WEIGHTS_FILE = "trained.safetensors"
 META_FILE = "method.json"

@@ -18,11 +18,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from loralab.atomic import write_atomically, write_text_atomically
 from loralab.config import RunConfig
 from loralab.errors import UserError
-from loralab.loss import accepts
-from loralab.tensor_files import read_tensors
+from loralab.evaluation.loss import accepts
+from loralab.files import read_tensors, write_atomically, write_text_atomically
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from loralab.atomic import write_text_atomically
 from loralab.config import RunConfig
 from loralab.errors import UserError
+from loralab.files import write_text_atomically
 from loralab.lora import load_adapter
 from loralab.lora.inject import all_lora_layers
 from loralab.lora.nf4 import BLOCK_SIZE, NF4Linear, to_linear

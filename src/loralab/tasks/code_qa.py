@@ -2,7 +2,7 @@
 
 Scored by text overlap with the reference (corpus BLEU, Papineni et al. 2002; the batch-averaged BLEU of a
 reference experiment; token precision/recall/F1) and, with `code_eval`, by running generated code against the
-tests of HumanEval (Chen et al. 2021) or MBPP (Austin et al. 2021) in loralab.sandbox: pass@k.
+tests of HumanEval (Chen et al. 2021) or MBPP (Austin et al. 2021) in loralab.evaluation.sandbox.supervisor: pass@k.
 
 HumanEval prompts are put in the training format of stdlib_docstrings (docstring, blank line, def line) and
 the model writes the whole function; the program is the problem's prompt (imports, helpers, the stub), the
@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import torch
 
-from loralab import code_eval
-from loralab.code_sources import load_python_codes_25k, load_stdlib_docstrings
 from loralab.config import RunConfig
-from loralab.data import random_subset
-from loralab.metrics import batched_bleu, corpus_bleu, token_prf
+from loralab.data.code_sources import load_python_codes_25k, load_stdlib_docstrings
+from loralab.data.encoding import random_subset
+from loralab.evaluation import code_eval
+from loralab.evaluation.metrics import batched_bleu, corpus_bleu, token_prf
 
 LOADERS = {"python_codes_25k": load_python_codes_25k, "stdlib_docstrings": load_stdlib_docstrings}
 PASS_KS = (1, 10, 100)

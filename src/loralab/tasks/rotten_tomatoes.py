@@ -8,8 +8,8 @@ word starts it; text that starts with no label word counts as wrong and as inval
 from __future__ import annotations
 
 from loralab.config import RunConfig
-from loralab.metrics import classification_metrics, match_label
-from loralab.sources import load_rotten_tomatoes
+from loralab.data.sources import load_rotten_tomatoes
+from loralab.evaluation.metrics import classification_metrics, match_label
 
 SPLITS = ("train", "validation", "test")
 

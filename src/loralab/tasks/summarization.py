@@ -8,8 +8,8 @@ and stripped of punctuation, as a reference experiment did (its ROUGE is then on
 from __future__ import annotations
 
 from loralab.config import RunConfig
-from loralab.metrics import rouge
-from loralab.summarization_sources import clean_text, load_summarization
+from loralab.data.summarization_sources import clean_text, load_summarization
+from loralab.evaluation.metrics import rouge
 
 # test metrics for comparison reports (dotted: nested), the first is the main one
 REPORT_METRICS = ("rouge1", "rouge2", "rougeL")

@@ -21,10 +21,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from loralab.data.sources import _hub_skip_reason, _one_line, read_table
+from loralab.data.splits import check_split, explicit_files, hash_split
 from loralab.errors import UserError
-from loralab.paths import data_dir
-from loralab.sources import _hub_skip_reason, _one_line, read_table
-from loralab.splits import check_split, explicit_files, hash_split
+from loralab.files import data_dir
 
 FRANK_FOLDER = "summarization_frank_cnndm_xsum"
 FRANK_REST_FRACTIONS = (0.6, 0.0, 0.4)  # FRANK test + unassigned rows -> train / (none) / test

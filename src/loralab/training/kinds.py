@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loralab.data import (
+from loralab.data.encoding import (
     collate,
     collate_labelled,
     collate_seq2seq,
@@ -26,8 +26,8 @@ from loralab.data import (
     encode_seq2seq,
 )
 from loralab.errors import UserError
-from loralab.evaluate import generate, generate_seq2seq, predict_labels
-from loralab.loss import answer_loss_sum, label_loss_sum, seq2seq_loss_sum
+from loralab.evaluation.loss import answer_loss_sum, label_loss_sum, seq2seq_loss_sum
+from loralab.evaluation.predict import generate, generate_seq2seq, predict_labels
 
 ENCODER_ONLY = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
                 "mpnet", "camembert", "modernbert"}  # fmt: skip

@@ -41,7 +41,7 @@ def export_run(run: Path, config, destination: Path, overwrite: bool = False) ->
     """Write run's merged model and tokenizer to `destination`; refuse to replace an existing folder unless
     `overwrite`. The folder is written beside `destination` and renamed into place at the end, so a failure
     leaves nothing half-written and an existing folder untouched until the new one is complete."""
-    from loralab.inference import load_for_inference
+    from loralab.training.run_model import load_for_inference
 
     destination = Path(destination)
     if destination.exists() and not overwrite:

@@ -19,23 +19,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from loralab import distributed
-from loralab.atomic import check_writable
-from loralab.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
-from loralab.code_eval import check_code_eval
-from loralab.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
 from loralab.config import RunConfig, read_run_config
-from loralab.data import IGNORE, batch_order, collate_packed, pack_examples, random_subset
+from loralab.data.code_vocab import add_code_vocabulary, predicting_with, rewrite_template, save_code_vocab
+from loralab.data.encoding import IGNORE, batch_order, collate_packed, pack_examples, random_subset
 from loralab.errors import Interrupted, UserError
-from loralab.evaluate import evaluate_task, validation_loss, validation_loss_and_accuracy
-from loralab.inference import load_base
-from loralab.kinds import get_kind
+from loralab.evaluation.code_eval import check_code_eval
+from loralab.evaluation.loss import packing_problem
+from loralab.evaluation.predict import evaluate_task, validation_loss, validation_loss_and_accuracy
+from loralab.files import check_writable
 from loralab.lora import count_parameters
 from loralab.lora.inject import updates_kept_separate
-from loralab.loss import packing_problem
 from loralab.methods import get_method
-from loralab.models import model_kind, resolve_device
-from loralab.report import (
+from loralab.models.loading import model_kind, resolve_device
+from loralab.tasks import get_task
+from loralab.training import distributed
+from loralab.training.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
+from loralab.training.kinds import get_kind
+from loralab.training.run_files import (
     current_memory_mb,
     peak_memory_mb,
     plot_losses,
@@ -45,11 +45,11 @@ from loralab.report import (
     write_json_atomically,
     write_lines_atomically,
 )
-from loralab.run_log import RunLog, check_reporters
-from loralab.speed import apply_speed_options, autocast_context, compiled_loss
-from loralab.stopping import stop_on_signals
-from loralab.swiglu import use_lean_swiglu
-from loralab.tasks import get_task
+from loralab.training.run_log import RunLog, check_reporters
+from loralab.training.run_model import load_base
+from loralab.training.speed import apply_speed_options, autocast_context, compiled_loss
+from loralab.training.stopping import stop_on_signals
+from loralab.training.swiglu import use_lean_swiglu
 
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl", "code_eval_samples.jsonl",
              "loss_curve.png", "adapter", "checkpoint", "checkpoint.previous", "teacher_logits.safetensors",

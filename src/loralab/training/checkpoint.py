@@ -29,8 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from loralab.errors import UserError
-from loralab.paths import read_json_object, sha256_of
-from loralab.tensor_files import read_tensors
+from loralab.files import read_json_object, read_tensors, sha256_of
 
 TENSOR_FILES = ("weights.safetensors", "optimizer.safetensors")
 STATE_FILE = "state.json"

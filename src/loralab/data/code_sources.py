@@ -34,10 +34,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from loralab.data.sources import _hub_skip_reason, _one_line, _write_jsonl_atomic, read_table
+from loralab.data.splits import check_split, explicit_files, hash_split
 from loralab.errors import UserError
-from loralab.paths import cache_dir, data_dir
-from loralab.sources import _hub_skip_reason, _one_line, _write_jsonl_atomic, read_table
-from loralab.splits import check_split, explicit_files, hash_split
+from loralab.files import cache_dir, data_dir
 
 CODES_HUB_ID = "flytech/python-codes-25k"
 CODES_COLUMNS = ("instruction", "input", "output")
@@ -376,7 +376,7 @@ def load_stdlib_docstrings(split: str, path: str | Path | None = None) -> tuple[
     )
 
 
-if __name__ == "__main__":  # python -m loralab.code_sources: build and describe the stdlib pairs
+if __name__ == "__main__":  # python -m loralab.data.code_sources: build and describe the stdlib pairs
     start = time.perf_counter()
     built = build_stdlib_pairs()
     print(f"{len(built):,} pairs in {time.perf_counter() - start:.1f} s", file=sys.stderr)

@@ -1,9 +1,14 @@
-"""Write a file so that readers see the old version or the new one, never half of it; a full or read-only
-disk is a one-line UserError naming the folder, not a traceback."""
+"""Files: atomic writes (readers see the old version or the new one, never half of it), safe reads (JSON objects
+and safetensors only, never pickle), checksums, and where loralab keeps its caches. A full or read-only disk, a
+missing or corrupt file, is a one-line UserError naming the file and the fix, not a traceback.
+
+Imports nothing of loralab but errors; every layer may import it."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -81,3 +86,51 @@ def _unwritable(folder: Path, exc: OSError, fix: str) -> UserError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return UserError(f"cannot write to {folder} (permission denied); {fix}, or make it writable for you")
     return UserError(f"cannot write to {folder} ({exc.strerror or exc}); {fix}")
+
+
+def cache_dir() -> Path:
+    """$LORALAB_CACHE_DIR, else ~/.cache/loralab (created on first use)."""
+    path = Path(os.environ.get("LORALAB_CACHE_DIR") or Path.home() / ".cache" / "loralab").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path | None:
+    """$LORALAB_DATA_DIR when set (a folder of datasets such as rotten_tomatoes/{train,validation,test}.jsonl)."""
+    value = os.environ.get("LORALAB_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict:
+    """The JSON object in `path`; UserError "PATH is not WHAT (why); FIX" if it is unreadable or not JSON, and
+    one saying so if it holds something other than an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not {what} ({exc}); {fix}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} holds no JSON object; {fix}")
+    return value
+
+
+def read_tensors(path: Path, fix: str) -> dict:
+    """The tensors of the safetensors file at `path`; UserError (ending in `fix`) if it is missing or corrupt."""
+    # Imported here: safetensors.torch loads torch, which `loralab --help` and config checks do not need.
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {fix}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a valid safetensors file ({exc}); {fix}") from None

@@ -66,10 +66,10 @@ import torch
 from torch import nn
 from transformers import AddedToken
 
-from loralab.atomic import write_text_atomically
 from loralab.errors import UserError
+from loralab.files import write_text_atomically
 from loralab.lora.io import load_adapter
-from loralab.models import _short
+from loralab.models.loading import _short
 
 KW_PREFIX = "pytkw:"
 FUNC_PREFIX = "pytfunc:"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loralab.bench import read_error
 from loralab.errors import UserError
-from loralab.report import read_metrics
+from loralab.reporting.compare import read_error
 from loralab.tasks import get_task
+from loralab.training.run_files import read_metrics
 
 # the settings that matter for each method (the rest is shared by all runs of a comparison)
 METHOD_SETTINGS = {
@@ -168,7 +168,7 @@ def write_report(folders: list[Path], out: Path, title: str = "Comparison") -> P
              "![validation loss](val_loss.png)", "", "![training loss](train_loss.png)", "",
              "![costs and main metric](bars.png)", ""]  # fmt: skip
     path = out / "report.md"
-    from loralab.atomic import write_text_atomically
+    from loralab.files import write_text_atomically
 
     write_text_atomically(path, "\n".join(lines))
     return path

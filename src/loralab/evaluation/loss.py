@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from loralab.data import IGNORE
-from loralab.head_loss import linear_cross_entropy_sum
+from loralab.data.encoding import IGNORE
+from loralab.evaluation.head_loss import linear_cross_entropy_sum
 
 # model_type values whose causal-LM forward is body → lm_head with nothing in between (Gemma 3 only when it has
 # no final logit soft-capping, checked below).

@@ -21,7 +21,7 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
     same in `loralab eval` and `generate` as they were in training.
     """
     from loralab.methods import get_method
-    from loralab.models import load_model_and_tokenizer
+    from loralab.models.loading import load_model_and_tokenizer
 
     torch.manual_seed(config.seed)
     method = get_method(config.method)
@@ -37,10 +37,10 @@ def load_for_inference(
 ) -> tuple[torch.nn.Module, object, torch.device, Callable]:
     """(model with the run's saved result, tokenizer, device, the kind's predict function); without a run,
     the base model as it is (zero-shot)."""
-    from loralab.code_vocab import add_code_vocabulary, load_code_vocab, predicting_with
-    from loralab.kinds import get_kind
+    from loralab.data.code_vocab import add_code_vocabulary, load_code_vocab, predicting_with
     from loralab.methods import get_method
-    from loralab.models import model_kind, resolve_device
+    from loralab.models.loading import model_kind, resolve_device
+    from loralab.training.kinds import get_kind
 
     device = resolve_device(config.device)
     model, tokenizer = load_base(config, device)
@@ -62,9 +62,9 @@ def load_for_inference(
 def load_with_adapters(runs: list[tuple[RunConfig, Path]]) -> tuple[torch.nn.Module, object, torch.device]:
     """One base model with every run's LoRA adapter loaded beside the others, named after its run folder;
     the first is active. The runs must be LoRA runs of the same base model."""
-    from loralab.code_vocab import load_code_vocab
+    from loralab.data.code_vocab import load_code_vocab
     from loralab.lora import load_adapter
-    from loralab.models import resolve_device
+    from loralab.models.loading import resolve_device
 
     first = runs[0][0]
     names = [run.name for _, run in runs]

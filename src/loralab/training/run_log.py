@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from loralab.errors import UserError
-from loralab.report import append_metrics
+from loralab.training.run_files import append_metrics
 
 TAGS = {
     "train_loss": "train/loss",

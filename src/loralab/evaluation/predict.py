@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from loralab.config import RunConfig
-from loralab.data import collate_inputs, collate_prompts, encode_prompt
+from loralab.data.encoding import collate_inputs, collate_prompts, encode_prompt
 from loralab.errors import UserError
-from loralab.loss import label_loss_sum
+from loralab.evaluation.loss import label_loss_sum
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -99,7 +99,7 @@ def generate_per_row(model: torch.nn.Module, tokenizer, prompts: list[str], adap
     """Continuations of `prompts` (used as given) by a causal LM with several adapters loaded, prompt i through
     adapter adapters[i] (None: the base model); prompts with different adapters share batches."""
     from loralab.lora.adapters import adapter_per_row
-    from loralab.models import model_kind
+    from loralab.models.loading import model_kind
 
     if model_kind(model) != "causal":
         raise UserError("several adapters in one batch work for causal language models; generate one by one")

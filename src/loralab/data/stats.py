@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loralab.data.splits import SPLITS
 from loralab.errors import UserError
-from loralab.splits import SPLITS
 
 TOKEN_SAMPLE = 20_000  # rows per split whose tokens are counted (a fixed random sample beyond that)
 LABEL_WORDS = ("negative", "positive")  # rotten_tomatoes answers, as in the default config
@@ -30,9 +30,9 @@ class Fields:
 
 
 def _datasets() -> dict[str, Fields]:
-    from loralab.code_sources import load_python_codes_25k, load_stdlib_docstrings
-    from loralab.sources import load_rotten_tomatoes
-    from loralab.summarization_sources import load_cnn_dailymail, load_xsum
+    from loralab.data.code_sources import load_python_codes_25k, load_stdlib_docstrings
+    from loralab.data.sources import load_rotten_tomatoes
+    from loralab.data.summarization_sources import load_cnn_dailymail, load_xsum
 
     return {
         "rotten_tomatoes": Fields(
@@ -59,7 +59,7 @@ def dataset_stats(name: str, tokenizer, path: str | Path | None = None) -> dict:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if isinstance(tokenizer, str):
-        from loralab.models import load_tokenizer
+        from loralab.models.loading import load_tokenizer
 
         tokenizer_name, tokenizer = tokenizer, load_tokenizer(tokenizer)
     else:

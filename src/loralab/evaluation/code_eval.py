@@ -7,7 +7,7 @@ Data sources, first that works:
   chosen by task_id as on the Hugging Face "full" configuration.
 
 A program passes when it runs to the end without an exception (the tests are asserts) inside
-loralab.sandbox.run_code, i.e. when its status is "ok"; pass@k is the unbiased estimator of loralab.metrics.
+loralab.evaluation.sandbox.supervisor.run_code, i.e. when its status is "ok"; pass@k is the unbiased estimator of loralab.evaluation.metrics.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from loralab.config import RunConfig
 from loralab.errors import UserError
-from loralab.metrics import pass_at_k
-from loralab.paths import data_dir
+from loralab.evaluation.metrics import pass_at_k
+from loralab.files import data_dir
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code")
@@ -232,7 +232,7 @@ def check_code_eval(config: RunConfig) -> None:
     """With code_eval set, refuse (a one-line UserError) when the sandbox cannot give config's
     code_eval_isolation here or the problems cannot be found: called before any model loads or trains, so
     that no time is lost."""
-    from loralab.sandbox import SandboxUnavailable, require
+    from loralab.evaluation.sandbox.supervisor import SandboxUnavailable, require
 
     if not config.code_eval:
         return
@@ -255,9 +255,9 @@ def execute(
     progress: bool = True,
     isolation: str = "namespaces",
 ) -> dict:
-    """Run every sample program of every problem in loralab.sandbox and estimate pass@k.
+    """Run every sample program of every problem in loralab.evaluation.sandbox.supervisor and estimate pass@k.
 
-    isolation: "namespaces" raises loralab.sandbox.SandboxUnavailable, before running anything, where this
+    isolation: "namespaces" raises loralab.evaluation.sandbox.supervisor.SandboxUnavailable, before running anything, where this
     machine cannot set the namespaces up; "rlimits-only" runs the programs there anyway, with rlimits alone.
 
     `programs[i]` holds the n_i runnable programs (samples) of problem i; a sample passes when its status is "ok".
@@ -268,7 +268,7 @@ def execute(
     """
     from tqdm.auto import tqdm
 
-    from loralab.sandbox import require, run_code
+    from loralab.evaluation.sandbox.supervisor import require, run_code
 
     if not programs or any(not samples for samples in programs):
         raise ValueError("every problem needs at least one program")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loralab.errors import UserError
-from loralab.paths import cache_dir, data_dir, sha256_of
+from loralab.files import cache_dir, data_dir, sha256_of
 
 SPLITS = ("train", "validation", "test")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from loralab import distributed
+from loralab.training import distributed
 
 
 class StopRequests:

@@ -36,7 +36,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from loralab.errors import UserError
-from loralab.paths import cache_dir
+from loralab.files import cache_dir
 
 # A fixed text whose logits must match between the GGUF-loaded model and its converted folder.
 _PROBE_TEXT = "Hello! LoRA adapts a frozen language model with small low-rank updates, 1 2 3."
@@ -312,7 +312,7 @@ def _model_class(config) -> type:
 
 def _from_pretrained(source: str | Path, config, dtype: torch.dtype, head: Head, **kwargs) -> PreTrainedModel:
     """The model class for the requested head, loaded from `source` (a folder or a hub id)."""
-    from loralab.kinds import kind_of_config
+    from loralab.training.kinds import kind_of_config
 
     kind = kind_of_config(config, head.kind)
     if kind == "classifier":
@@ -342,7 +342,7 @@ def _from_pretrained(source: str | Path, config, dtype: torch.dtype, head: Head,
 
 
 def _encoder_only() -> set[str]:
-    from loralab.kinds import ENCODER_ONLY
+    from loralab.training.kinds import ENCODER_ONLY
 
     return ENCODER_ONLY
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from loralab.atomic import write_atomically, write_text_atomically
 from loralab.errors import UserError
+from loralab.files import write_atomically, write_text_atomically
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
