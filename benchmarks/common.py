@@ -64,7 +64,7 @@ def peft_lora(model, r: int = 8, alpha: float = 16.0, targets: list[str] = TARGE
 
 def review_rows(split: str = "train") -> list[dict]:
     """Rotten Tomatoes rows ({"text", "label"}) from loralab's usual sources (LORALAB_DATA_DIR first)."""
-    from loralab.data.sources import load_rotten_tomatoes
+    from loralab.data.sentiment_sources import load_rotten_tomatoes
 
     return load_rotten_tomatoes(split)[0]
 

@@ -54,7 +54,7 @@ def peft_pipeline(out_dir: str) -> dict:
 
     from loralab.data.encoding import random_subset
     from loralab.evaluation.metrics import match_label
-    from loralab.models.loading import bundled_dir
+    from loralab.models.bundled import bundled_dir
 
     t0 = time.time()
     folder = bundled_dir("smollm2-135m")

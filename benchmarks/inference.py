@@ -38,7 +38,7 @@ def trained_looking_lora(model):
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, layer in lora_layers(model):
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.01)
+            layer.adapter.lora_B.copy_(torch.randn(layer.adapter.lora_B.shape, generator=generator) * 0.01)
     return model
 
 

@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     from loralab.config import load_config
     from loralab.data.encoding import random_subset
-    from loralab.evaluation.predict import validation_loss
+    from loralab.evaluation.validate import validation_loss
     from loralab.lora.inject import updates_kept_separate
     from loralab.tasks import get_task
     from loralab.training.kinds import get_kind

@@ -6,6 +6,7 @@ import torch
 import tiny_models
 from loralab import LoRAConfig, apply_lora, load_adapter, save_adapter
 from loralab.errors import UserError
+from loralab.lora import find_target_modules
 from loralab.lora.adapters import adapter_names, adapter_per_row, disable_adapters, set_adapter
 
 IDS = torch.tensor([[5, 17, 30, 8, 64, 2], [9, 9, 41, 3, 77, 12], [60, 2, 2, 15, 33, 4]])
@@ -164,3 +165,46 @@ def test_generate_cli_takes_several_runs_and_an_adapter_per_prompt(tmp_path, tin
     assert "say which one each prompt uses" in capsys.readouterr().err
     assert main([*argv[:4], f"--prompt={prompts[0]}", "--adapter=other"]) == 2
     assert "not among the runs given (pos, neg)" in capsys.readouterr().err
+
+
+def test_every_adapter_moves_with_the_model_and_is_in_its_state_dict(tmp_path):
+    """Inactive adapters are submodules too: model.to() converts them and state_dict() holds them."""
+    saved = saved_adapters(tmp_path, "llama")
+    model = tiny_models.make("llama").eval()
+    load_adapter(model, saved["a"][0], name="a")
+    load_adapter(model, saved["b"][0], name="b")
+    keys = set(model.state_dict())
+    for name, config in ADAPTERS["llama"].items():
+        targets = find_target_modules(tiny_models.make("llama"), config)
+        expected = {f"{t}.adapters.{name}.{w}" for t in targets for w in ("lora_A", "lora_B")}
+        assert {k for k in keys if f".adapters.{name}." in k} == expected
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    set_adapter(model, "b")  # inactive while the model was converted
+    got = logits(model)
+    assert got.dtype == torch.float64
+    assert (got - logits(saved["b"][1]).double()).abs().max().item() <= 1e-4  # against float32 logits
+
+
+def test_names_that_are_no_module_names_and_a_dora_adapter_beside_a_plain_one(tmp_path):
+    """Adapter names are run folder names: a "." or a ModuleDict attribute ("train") must work as well."""
+    saved = saved_adapters(tmp_path, "llama")
+    dora = apply_lora(tiny_models.make("llama"), LoRAConfig(r=2, alpha=4, target_modules=["q_proj", "o_proj"],
+                                                             use_dora=True))  # fmt: skip
+    with torch.no_grad():
+        for param in dora.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(7)) * 0.3)
+    save_adapter(dora, tmp_path / "dora")
+    model = tiny_models.make("llama").eval()
+    load_adapter(model, saved["a"][0], name="run.1")
+    load_adapter(model, tmp_path / "dora", name="train")
+    load_adapter(model, saved["b"][0], name="~b")
+    assert adapter_names(model) == ["run.1", "train", "~b"]
+    for name, reference in (("train", dora.eval()), ("~b", saved["b"][1]), ("run.1", saved["a"][1])):
+        set_adapter(model, name)
+        assert (logits(model) - logits(reference)).abs().max().item() <= 1e-5, name
+    with adapter_per_row(model, ["~b", None, "run.1"]):
+        mixed = logits(model)
+    assert (mixed[:1] - logits(saved["b"][1], IDS[:1])).abs().max().item() <= 1e-5
+    assert (mixed[2:] - logits(saved["a"][1], IDS[2:])).abs().max().item() <= 1e-5

@@ -1,5 +1,6 @@
 """Bad input on the command line: one line on stderr naming problem and fix, exit code 2, nothing touched."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 from loralab.cli import main
+from loralab.config import RunConfig, field_help
+from loralab.config.describe import default_of
 
 DEMO = "configs/rotten_tomatoes_lora.toml"
 
@@ -116,3 +119,18 @@ def test_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("rank", "alpha", "target_modules", "max_train_samples", "patience", "top_k"):
         assert f"  {key} = " in out
+
+
+def test_train_help_shows_each_key_with_its_help_under_its_section(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    positions = []
+    for item in dataclasses.fields(RunConfig):
+        if "section" in item.metadata:
+            positions.append(out.index(f"\n{item.metadata['section']}:\n"))
+        positions.append(out.index(f"\n  {item.name} = {json.dumps(default_of(item))}"))
+        assert " ".join(field_help(item).split()) in flat, item.name
+    assert positions == sorted(positions)  # in declaration order, each key under its own section

@@ -12,7 +12,6 @@ from loralab.evaluation import code_eval
 from loralab.evaluation.code_eval import (
     execute,
     humaneval_program,
-    humaneval_prompt,
     load_humaneval,
     load_mbpp,
     mbpp_program,
@@ -45,7 +44,7 @@ def test_humaneval_loads_all_164_problems(humaneval, monkeypatch):
         set(p) == {"task_id", "prompt", "canonical_solution", "test", "entry_point"} for p in humaneval
     )
     assert humaneval[0]["entry_point"] == "has_close_elements"
-    assert humaneval_prompt(humaneval[0]).rstrip().endswith('"""')
+    assert humaneval[0]["prompt"].rstrip().endswith('"""')
     monkeypatch.setenv("LORALAB_DATA_DIR", str(DATA))
     rows, source = load_humaneval()
     assert rows == humaneval

@@ -32,7 +32,13 @@ def raw_rows(path):
 
 
 def load_all(loader, path=None):
-    return {split: loader(split, path) for split in SPLITS}
+    """{split: (rows, the line describing where they came from)}."""
+    return {split: described(loader(split, path)) for split in SPLITS}
+
+
+def described(loaded):
+    rows, provenance = loaded
+    return rows, provenance.describe()
 
 
 # ---------------------------------------------------------------------------------------------- python_codes_25k
@@ -122,7 +128,7 @@ def test_csv_file_and_presplit_folder(excerpt, tmp_path):
     folder.mkdir()
     for split, part in zip(SPLITS, (raw[:10], raw[10:13], raw[13:15]), strict=True):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    rows, source = load_python_codes_25k("validation", folder)
+    rows, source = described(load_python_codes_25k("validation", folder))
     assert [row["instruction"] for row in rows] == [r["instruction"] for r in raw[10:13]]
     assert source == f"python_codes_25k/validation from {folder / 'validation.jsonl'} (3 rows)"
     (folder / "test.jsonl").unlink()
@@ -204,7 +210,7 @@ def test_stdlib_loader_caches_and_splits(stdlib_build, tmp_path, monkeypatch):
         return pairs
 
     monkeypatch.setattr(code_sources, "build_stdlib_pairs", counting_build)
-    rows, source = load_stdlib_docstrings("train")
+    rows, source = described(load_stdlib_docstrings("train"))
     assert builds == [None] and "built in" in source and stdlib_cache_file().is_file()
     assert str(stdlib_cache_file()).startswith(str(tmp_path))
     loaded = load_all(load_stdlib_docstrings)

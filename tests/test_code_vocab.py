@@ -22,28 +22,27 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5ForConditionalGeneration, T5Tokenizer
 
 import tiny_models
-from loralab.data.code_vocab import (
+from loralab.data.code_vocab.embeddings import (
+    add_code_vocabulary,
+    load_adapter_with_code_vocab,
+    train_only_new_rows,
+    vocabulary_tensors,
+)
+from loralab.data.code_vocab.text import (
     CHAR_NAMES,
     DEFAULT,
     CodeVocab,
-    add_code_vocabulary,
-    add_tokens,
-    code_vocab_for,
-    decode_ids,
-    encode_text,
-    load_adapter_with_code_vocab,
     load_code_vocab,
     python_builtins,
     python_keywords,
     restore,
     rewrite,
     save_code_vocab,
-    train_only_new_rows,
-    vocabulary_tensors,
 )
+from loralab.data.code_vocab.tokens import add_tokens, code_vocab_for, decode_ids
 from loralab.errors import UserError
 from loralab.lora import LoRAConfig, apply_lora, load_adapter, save_adapter
-from loralab.models.loading import bundled_dir
+from loralab.models.bundled import bundled_dir
 
 # Every stand-in and explicit spaces: what the lossiest tokenizer would need.
 FULL = CodeVocab(chars="".join(CHAR_NAMES), explicit_spaces=True)
@@ -219,6 +218,11 @@ def test_stdlib_sources_round_trip(module_name):
 
 
 # --- tokenizers ---------------------------------------------------------------------------------------------
+
+
+def encode_text(vocab: CodeVocab, tokenizer, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text` with the code vocabulary, as training encodes it: rewrite, then the tokenizer."""
+    return tokenizer(vocab.rewrite(text), add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def assert_atomic(tokenizer, vocab: CodeVocab) -> None:

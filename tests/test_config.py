@@ -1,10 +1,15 @@
 """Config: TOML then --key=value overrides, type-checked, with one-line errors."""
 
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from loralab.config import RunConfig, load_config
+from loralab.config import CHOICES, DATASETS, TASK_DEFAULTS, RunConfig, field_help, load_config, registries
 from loralab.errors import UserError
 
 
@@ -86,3 +91,81 @@ def test_experiment_targets_select_what_the_reference_adapted():
     assert sorted(t5.lora_target_names) == [
         f"decoder.block.{i}.layer.0.SelfAttention.{m}" for i in (0, 1) for m in ("q", "v")
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The config documents itself; its choices and task defaults come from the registries that own them
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_every_field_has_help_and_the_first_field_starts_a_section():
+    items = dataclasses.fields(RunConfig)
+    assert items[0].metadata.get("section")
+    for item in items:
+        assert isinstance(item.metadata.get("help"), str) and item.metadata["help"].strip(), item.name
+        assert "\n" not in item.metadata["help"], item.name
+    sections = [item.metadata["section"] for item in items if "section" in item.metadata]
+    assert len(sections) == len(set(sections)) >= 5
+
+
+def test_choices_are_the_registries_names():
+    from loralab.evaluation.sandbox.supervisor import LEVELS
+    from loralab.lora.config import BIAS_MODES, INIT_MODES
+    from loralab.methods import METHODS
+    from loralab.tasks import TASKS
+    from loralab.training.kinds import KINDS
+
+    assert CHOICES["method"] == tuple(METHODS)
+    assert CHOICES["task"] == tuple(TASKS) == tuple(TASK_DEFAULTS) == tuple(DATASETS)
+    assert CHOICES["bias"] == BIAS_MODES and CHOICES["init"] == INIT_MODES
+    assert CHOICES["model_kind"] == ("auto", *KINDS)
+    assert CHOICES["code_eval_isolation"] == LEVELS
+
+
+def test_task_defaults_are_the_task_modules_own():
+    for task in TASK_DEFAULTS:
+        module = importlib.import_module(f"loralab.tasks.{task}")
+        assert TASK_DEFAULTS[task] == module.DEFAULTS and DATASETS[task] == module.DATASETS
+        assert module.DEFAULTS["dataset"] in module.DATASETS
+        config = load_config(None, [f"--task={task}"])
+        assert (config.dataset, config.template, config.max_new_tokens) == (
+            module.DEFAULTS["dataset"], module.DEFAULTS["template"], module.DEFAULTS["max_new_tokens"]
+        )  # fmt: skip
+
+
+def test_help_lists_each_keys_choices_and_task_defaults():
+    helps = {item.name: field_help(item) for item in dataclasses.fields(RunConfig)}
+    for key, allowed in CHOICES.items():
+        listed = helps[key].split("one of: ", 1)[1].split(";")[0]
+        assert listed.split(", ") == [choice or '""' for choice in allowed], key
+    for task, defaults in TASK_DEFAULTS.items():
+        assert f"{task}: {defaults['max_new_tokens']}" in helps["max_new_tokens"]
+        assert f"{task}: {json.dumps(defaults['template'])}" in helps["template"]
+        marked = (f"{name} (default)" if name == defaults["dataset"] else name for name in DATASETS[task])
+        assert f"{task}: {', '.join(marked)}" in helps["dataset"]
+
+
+def test_config_imports_none_of_the_layers_whose_registries_it_reads():
+    code = "import sys, loralab.config; print(sorted(m for m in sys.modules if m.startswith('loralab.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for layer in ("methods", "tasks", "training", "evaluation", "data", "models"):
+        assert f"'loralab.{layer}" not in loaded, loaded
+
+
+def test_a_registry_that_is_not_a_literal_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "__init__.py").write_text('TASKS = {"a": a.TASK}\nNAMES = tuple(TASKS)\n')
+    (tmp_path / "tasks" / "a.py").write_text('from typing import Literal\nLevel = Literal["x", "y"]\n')
+    monkeypatch.setattr(registries, "PACKAGE", tmp_path)
+    registries._top_level.cache_clear()
+    try:
+        assert registries.keys("loralab.tasks", "TASKS") == ("a",)
+        assert registries.literal("loralab.tasks.a", "Level") == ("x", "y")
+        with pytest.raises(RuntimeError, match="NAMES must be a literal"):
+            registries.literal("loralab.tasks", "NAMES")
+        with pytest.raises(RuntimeError, match="assigns no DEFAULTS"):
+            registries.literal("loralab.tasks.a", "DEFAULTS")
+        with pytest.raises(RuntimeError, match="Level must be a dict"):
+            registries.keys("loralab.tasks.a", "Level")
+    finally:
+        registries._top_level.cache_clear()

@@ -90,7 +90,7 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
 
     config = load_config(None, [f"--teacher={teacher}", "--method=distill"], base=load_config(DEMO, SMALL))
     rows = load_split(config, "test")[0][:5]
-    batched = compute_teacher_logits(config, rows)
+    batched = compute_teacher_logits(config, rows, load_for_inference)
     model, tokenizer, _, _ = load_for_inference(json_config(teacher), teacher)
     label_ids = [tokenizer(" negative")["input_ids"][0], tokenizer(" positive")["input_ids"][0]]
     for row, logits in zip(rows, batched, strict=True):

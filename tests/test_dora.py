@@ -15,8 +15,8 @@ def dora_layer(base: torch.nn.Module) -> LoRALinear:
     torch.manual_seed(0)
     layer = LoRALinear(base, r=4, alpha=8, use_dora=True)
     with torch.no_grad():
-        layer.lora_B.normal_(std=0.3)
-        layer.lora_magnitude_vector.mul_(torch.rand_like(layer.lora_magnitude_vector) + 0.5)
+        layer.adapter.lora_B.normal_(std=0.3)
+        layer.adapter.lora_magnitude_vector.mul_(torch.rand_like(layer.adapter.lora_magnitude_vector) + 0.5)
     return layer
 
 
@@ -27,9 +27,9 @@ def test_dora_output_is_magnitude_times_unit_direction(base):
     assert torch.allclose(layer(x), base(x), atol=1e-6)  # m = ‖W0‖, B = 0: the base layer exactly
     layer = dora_layer(base)
     w0 = base.weight.T if isinstance(base, Conv1D) else base.weight  # d_out × d_in
-    delta = layer.lora_B @ layer.lora_A * layer.scaling
+    delta = layer.adapter.lora_B @ layer.adapter.lora_A * layer.adapter.scaling
     direction = (w0 + delta) / (w0 + delta).norm(dim=1, keepdim=True)
-    expected = x @ (layer.lora_magnitude_vector[:, None] * direction).T + base.bias
+    expected = x @ (layer.adapter.lora_magnitude_vector[:, None] * direction).T + base.bias
     assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
@@ -57,7 +57,7 @@ def test_dora_trains_magnitudes_but_not_through_the_norm():
     model.train()
     tiny_models.run(model, grad=True).sum().backward()
     layer = model.model.layers[0].self_attn.q_proj
-    assert layer.lora_magnitude_vector.grad is not None and layer.lora_A.grad is not None
+    assert layer.adapter.lora_magnitude_vector.grad is not None and layer.adapter.lora_A.grad is not None
     with pytest.raises(UserError, match="qkv_parts"):
         LoRAConfig(use_dora=True, qkv_parts=("q", "v"))
     assert load_config(None, ["--lora_variant=dora"]).lora_config().use_dora
@@ -69,8 +69,8 @@ def test_peft_reads_our_dora_adapter_and_we_read_its(tmp_path):
     for module in ours.modules():
         if isinstance(module, LoRALinear):
             with torch.no_grad():
-                module.lora_B.normal_(std=0.2)
-                module.lora_magnitude_vector.mul_(1.3)
+                module.adapter.lora_B.normal_(std=0.2)
+                module.adapter.lora_magnitude_vector.mul_(1.3)
     ours.eval()
     expected = tiny_models.run(ours)
     save_adapter(ours, tmp_path / "dora")

@@ -19,8 +19,13 @@ from loralab.training.swiglu import use_lean_swiglu
 
 def reference(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
     """W0·x + b + s·B·A·x written out with autograd's own ops."""
-    update = (x @ layer.lora_A.T) @ layer.full_B().T * layer.scaling
+    update = (x @ layer.adapter.lora_A.T) @ layer.adapter.full_B().T * layer.adapter.scaling
     return layer.base_layer(x) + update
+
+
+def fusable(layer: LoRALinear, x: torch.Tensor) -> bool:
+    """Whether the active adapter's forward takes the fused autograd function for `x`."""
+    return layer.adapter.fusable(layer, x)
 
 
 def gradients(layer: LoRALinear, x: torch.Tensor, forward) -> list[torch.Tensor]:
@@ -45,9 +50,9 @@ def test_fused_matches_composition(kind, parts, train_bias):
     base.weight.requires_grad_(False)
     base.bias.requires_grad_(train_bias)
     with torch.no_grad():
-        layer.lora_B.normal_(std=0.5)
+        layer.adapter.lora_B.normal_(std=0.5)
     x = torch.randn(3, 5, 12)
-    assert layer._fusable(x)
+    assert fusable(layer, x)
     fused = gradients(layer, x, lambda m, v: m(v))
     plain = gradients(layer, x, reference)
     assert len(fused) == len(plain) == 4 + train_bias
@@ -59,13 +64,13 @@ def test_layers_that_cannot_fuse_say_so():
     base = nn.Linear(8, 8)
     base.weight.requires_grad_(False)
     x = torch.randn(16, 8)
-    assert LoRALinear(base, r=2, alpha=4)._fusable(x)
-    assert not LoRALinear(base, r=2, alpha=4)._fusable(x[:2])  # too few tokens to pay for W + s·B·A
-    assert not LoRALinear(base, r=2, alpha=4, dropout=0.1)._fusable(x)  # dropout needs its own mask
-    assert not LoRALinear(base, r=2, alpha=4, use_dora=True)._fusable(x)
-    assert not LoRALinear(base, r=2, alpha=4)._fusable(x.double())
+    assert fusable(LoRALinear(base, r=2, alpha=4), x)
+    assert not fusable(LoRALinear(base, r=2, alpha=4), x[:2])  # too few tokens to pay for W + s·B·A
+    assert not fusable(LoRALinear(base, r=2, alpha=4, dropout=0.1), x)  # dropout needs its own mask
+    assert not fusable(LoRALinear(base, r=2, alpha=4, use_dora=True), x)
+    assert not fusable(LoRALinear(base, r=2, alpha=4), x.double())
     base.weight.requires_grad_(True)  # a trained base weight needs its own gradient
-    assert not LoRALinear(base, r=2, alpha=4)._fusable(x)
+    assert not fusable(LoRALinear(base, r=2, alpha=4), x)
     with pytest.raises(ValueError, match="frozen"):
         fused_lora_linear(x, base.weight, None, torch.zeros(2, 8), torch.zeros(8, 2), 1.0)
 
@@ -103,7 +108,7 @@ def test_answer_loss_with_fused_head_equals_model_logits(make, every_token):
         if isinstance(module, nn.Dropout):
             module.p = 0.0
     for _, layer in lora_layers(model):
-        torch.nn.init.normal_(layer.lora_B, std=0.1)
+        torch.nn.init.normal_(layer.adapter.lora_B, std=0.1)
     assert fused_head(model) is not None
     examples = [Encoded(list(range(3, 3 + n)), n - (n - 1 if every_token else 3)) for n in (9, 14, 6)]
     batch = collate(examples, pad_id=0)
@@ -128,7 +133,7 @@ def test_models_with_logit_softcapping_keep_the_models_own_head():
 def test_auto_merge_off_keeps_eval_unmerged_with_the_same_output():
     model = apply_lora(tiny_models.llama(), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
     for _, layer in lora_layers(model):
-        torch.nn.init.normal_(layer.lora_B, std=0.1)
+        torch.nn.init.normal_(layer.adapter.lora_B, std=0.1)
     ids = torch.arange(3, 15).view(2, 6)
     model.eval()
     with torch.no_grad():
@@ -164,7 +169,7 @@ def test_lean_swiglu_gives_the_same_gradients_and_keeps_less():
         model = apply_lora(tiny_models.llama(), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
         model.train()
         for _, layer in lora_layers(model):
-            torch.nn.init.normal_(layer.lora_B, std=0.1)
+            torch.nn.init.normal_(layer.adapter.lora_B, std=0.1)
         if lean:
             assert use_lean_swiglu(model) == len(model.model.layers)
         ids = torch.arange(3, 27).view(2, 12)

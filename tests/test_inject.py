@@ -16,7 +16,7 @@ def randomize_all_B(model):
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for _, layer in lora_layers(model):
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * 0.3)
+            layer.adapter.lora_B.copy_(torch.randn(layer.adapter.lora_B.shape, generator=gen) * 0.3)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -101,7 +101,7 @@ def test_t5_attention_in_encoder_decoder_or_both(targets, expect):
     randomize_all_B(model)
     model.train()
     tiny_models.run(model, grad=True).sum().backward()
-    assert all(layer.lora_B.grad is not None for _, layer in lora_layers(model))
+    assert all(layer.adapter.lora_B.grad is not None for _, layer in lora_layers(model))
 
 
 def test_unknown_target_lists_linear_names():

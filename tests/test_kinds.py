@@ -18,8 +18,9 @@ from loralab.data.encoding import collate_seq2seq, encode_seq2seq
 from loralab.evaluation.loss import seq2seq_loss_sum
 from loralab.lora import count_parameters, load_adapter, save_adapter
 from loralab.methods import lora as lora_method
-from loralab.models.loading import _minilm_folder, load_model_and_tokenizer, model_kind
-from loralab.training.kinds import kind_of_config
+from loralab.models.bundled import _minilm_folder
+from loralab.models.detect import kind_of_config, model_kind
+from loralab.models.loading import load_model_and_tokenizer
 
 
 @pytest.fixture(autouse=True)

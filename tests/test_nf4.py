@@ -109,7 +109,7 @@ def test_eval_does_not_merge_into_4bit_and_an_explicit_merge_warns():
     model = qlora.prepare(tiny_models.make("llama"), qlora_config())
     for layer in model.modules():
         if isinstance(layer, LoRALinear):
-            torch.nn.init.normal_(layer.lora_B, std=0.05)
+            torch.nn.init.normal_(layer.adapter.lora_B, std=0.05)
     model.eval()
     out = tiny_models.run(model)
     layer = next(m for m in model.modules() if isinstance(m, LoRALinear))

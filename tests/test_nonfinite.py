@@ -7,7 +7,7 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-import loralab.training.loop as train_module
+import loralab.training.setup as training_setup
 from loralab.cli import main
 
 SMALL = ["configs/rotten_tomatoes_lora.toml", "--max_train_samples=48", "--max_eval_samples=8",
@@ -18,7 +18,7 @@ SMALL = ["configs/rotten_tomatoes_lora.toml", "--max_train_samples=48", "--max_e
 @pytest.fixture
 def nan_at_step_3(monkeypatch):
     """The training loss of the third step comes out NaN (as an overflow would)."""
-    real = train_module.compiled_loss
+    real = training_setup.compiled_loss
 
     def poisoned(loss_sum, config):
         inner, calls = real(loss_sum, config), []
@@ -30,7 +30,7 @@ def nan_at_step_3(monkeypatch):
 
         return loss
 
-    monkeypatch.setattr(train_module, "compiled_loss", poisoned)
+    monkeypatch.setattr(training_setup, "compiled_loss", poisoned)
 
 
 def test_a_nan_step_stops_the_run_and_keeps_the_last_good_checkpoint(

@@ -547,12 +547,14 @@ def build(case: Case) -> tuple[LoRALinear, torch.Tensor]:
                        parts=case.parts, use_dora=case.variant == "dora")  # fmt: skip
     with torch.no_grad():
         bound = 1 / case.d_in**0.5
-        layer.lora_A.copy_(
-            torch.rand(layer.lora_A.shape, generator=g, dtype=torch.float64) * 2 * bound - bound
+        layer.adapter.lora_A.copy_(
+            torch.rand(layer.adapter.lora_A.shape, generator=g, dtype=torch.float64) * 2 * bound - bound
         )
-        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=torch.float64) * case.b_std)
-        if layer.use_dora:  # a trained magnitude: ‖W0‖ · U(0.5, 1.5)
-            m = layer.lora_magnitude_vector
+        layer.adapter.lora_B.copy_(
+            torch.randn(layer.adapter.lora_B.shape, generator=g, dtype=torch.float64) * case.b_std
+        )
+        if layer.adapter.use_dora:  # a trained magnitude: ‖W0‖ · U(0.5, 1.5)
+            m = layer.adapter.lora_magnitude_vector
             m.copy_(m.double() * (0.5 + torch.rand(m.shape, generator=g, dtype=torch.float64)))
     shape = (case.tokens, case.d_in) if case.tokens % 2 else (2, case.tokens // 2, case.d_in)
     x = torch.randn(shape, generator=g, dtype=torch.float64).to(case.dtype)
@@ -570,13 +572,13 @@ def scaling_of(case: Case) -> float:
 
 def full_B64(layer: LoRALinear) -> torch.Tensor:
     """B as d_out × (n_parts·r), float64, built here from the parts (independently of the layer's full_B)."""
-    B = layer.lora_B.detach().double()
-    if layer.parts is None:
+    B = layer.adapter.lora_B.detach().double()
+    if layer.adapter.parts is None:
         return B
-    full = torch.zeros(layer.d_out, len(layer.parts) * layer.r, dtype=torch.float64)
+    full = torch.zeros(layer.d_out, len(layer.adapter.parts) * layer.adapter.r, dtype=torch.float64)
     row = 0
-    for i, (start, stop) in enumerate(layer.parts):
-        full[start:stop, i * layer.r : (i + 1) * layer.r] = B[row : row + stop - start]
+    for i, (start, stop) in enumerate(layer.adapter.parts):
+        full[start:stop, i * layer.adapter.r : (i + 1) * layer.adapter.r] = B[row : row + stop - start]
         row += stop - start
     return full
 
@@ -584,13 +586,13 @@ def full_B64(layer: LoRALinear) -> torch.Tensor:
 def reference(case: Case, layer: LoRALinear, W0: torch.Tensor) -> dict[str, torch.Tensor]:
     """Float64 ΔW, the merged weight, the DoRA row scale and elementwise magnitudes, all d_out × d_in."""
     s = scaling_of(case)
-    A = layer.lora_A.detach().double()
+    A = layer.adapter.lora_A.detach().double()
     B = full_B64(layer)
     delta = s * B @ A
     delta_abs = s * B.abs() @ A.abs()  # bounds |ΔW| and the scale of its rounding
     scale = torch.ones(case.d_out, 1, dtype=torch.float64)
-    if layer.use_dora:
-        scale = (layer.lora_magnitude_vector.detach().double() / (W0 + delta).norm(dim=1))[:, None]
+    if layer.adapter.use_dora:
+        scale = (layer.adapter.lora_magnitude_vector.detach().double() / (W0 + delta).norm(dim=1))[:, None]
     return {"delta": delta, "delta_abs": delta_abs, "merged": scale * (W0 + delta), "scale": scale}
 
 

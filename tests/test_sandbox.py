@@ -6,6 +6,7 @@ are skipped, with the reason, without them; with LORALAB_TEST_REQUIRE_NAMESPACES
 tests/test_sandbox_venvs.py runs this file from virtual environments under /tmp).
 """
 
+import ast
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from loralab.evaluation.sandbox import launcher, machine
 from loralab.evaluation.sandbox import supervisor as sandbox
 from loralab.evaluation.sandbox.supervisor import MAX_OUTPUT_BYTES, run_code
 
@@ -158,23 +160,33 @@ def test_refuses_to_run_anything_without_namespaces(monkeypatch, tmp_path):
 def test_says_which_setting_forbids_namespaces(monkeypatch, tmp_path):
     setting, container = tmp_path / "max_user_namespaces", tmp_path / ".dockerenv"
     setting.write_text("0\n")
-    monkeypatch.setattr(sandbox, "USERNS_SETTINGS", {str(setting): ("0", "raise the setting")})
-    monkeypatch.setattr(sandbox, "CONTAINER_MARKERS", (str(container),))
-    assert sandbox._how_to_get_namespaces() == "raise the setting"
+    monkeypatch.setattr(machine, "USERNS_SETTINGS", {str(setting): ("0", "raise the setting")})
+    monkeypatch.setattr(machine, "CONTAINER_MARKERS", (str(container),))
+    assert machine._how_to_get_namespaces() == "raise the setting"
     container.touch()
-    assert sandbox._how_to_get_namespaces() == f"raise the setting; {sandbox.CONTAINER_FIX}"
+    assert machine._how_to_get_namespaces() == f"raise the setting; {machine.CONTAINER_FIX}"
     setting.write_text("15000\n")
-    assert sandbox._how_to_get_namespaces() == sandbox.CONTAINER_FIX
+    assert machine._how_to_get_namespaces() == machine.CONTAINER_FIX
     container.unlink()
-    assert "user.max_user_namespaces > 0" in sandbox._how_to_get_namespaces()
+    assert "user.max_user_namespaces > 0" in machine._how_to_get_namespaces()
     monkeypatch.setenv("PATH", str(tmp_path))  # no `unshare`
-    assert sandbox._how_to_get_namespaces().startswith("install util-linux")
+    assert machine._how_to_get_namespaces().startswith("install util-linux")
 
 
 def test_python_directly_in_a_hidden_folder_is_refused(monkeypatch):
     monkeypatch.setattr(sys, "prefix", "/tmp")
     with pytest.raises(sandbox.SandboxError, match="Python lives directly in /tmp"):
         sandbox._interpreter()
+
+
+def test_launcher_imports_only_the_standard_library():
+    """launcher.py runs as `python -I -S launcher.py CONFIG` from wherever Python lives: nothing else is there."""
+    tree = ast.parse(Path(launcher.__file__).read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    names = {alias.name for node in imports if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module or "" for node in imports if isinstance(node, ast.ImportFrom)}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in imports)
+    assert {name.split(".")[0] for name in names} <= sys.stdlib_module_names, names
 
 
 def test_code_eval_logs_the_isolation_when_it_starts(capsys):
@@ -679,7 +691,7 @@ def test_cannot_change_kernel_settings_or_nest_namespaces():
 CALLER = """
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-import sandbox
+from loralab.evaluation.sandbox import supervisor as sandbox
 if sys.argv[2] == "rlimits-only":
     sandbox._probe = lambda: sandbox.Isolation(False, "forced")
 program = sys.stdin.read().replace("CALLER_PID", str(os.getpid()))
@@ -720,7 +732,7 @@ def test_output_reaches_the_caller_only_through_the_bounded_pipes(mode):
     caller's own stdout and stderr get nothing, the result keeps at most MAX_OUTPUT_BYTES of each."""
     source = WRITE_EVERYWHERE.replace("REACH_CALLER", str(mode == NAMESPACES))  # fallback: caller reachable
     caller = subprocess.run(
-        [sys.executable, "-c", CALLER, os.path.dirname(sandbox.__file__), mode],
+        [sys.executable, "-c", CALLER, str(Path(sandbox.__file__).parents[3]), mode],
         input=source,
         capture_output=True,
         text=True,

@@ -10,12 +10,15 @@ import time
 import types
 from collections import Counter
 
+import huggingface_hub.constants
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loralab.data import sources
-from loralab.data.sources import load_rotten_tomatoes, read_table
+from loralab import hub
+from loralab.data import sentiment_sources
+from loralab.data.sentiment_sources import load_rotten_tomatoes
+from loralab.data.tables import read_table
 from loralab.errors import UserError
 
 ROWS = [
@@ -136,7 +139,9 @@ def test_read_table_csv_line_with_too_many_fields(tmp_path):
 
 def test_data_dir_source_gives_hf_split_sizes(shared_data, monkeypatch):
     monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
-    monkeypatch.setattr(sources, "_hub_rows", lambda split: pytest.fail("hub must not be consulted"))
+    monkeypatch.setattr(
+        sentiment_sources, "_hub_rows", lambda split: pytest.fail("hub must not be consulted")
+    )
     sizes = {"train": 8530, "validation": 1066, "test": 1066}
     texts = {}
     for split, size in sizes.items():
@@ -145,7 +150,7 @@ def test_data_dir_source_gives_hf_split_sizes(shared_data, monkeypatch):
         assert all(set(r) == {"text", "label"} and type(r["label"]) is int and r["text"] for r in rows)
         assert Counter(r["label"] for r in rows) == {0: size // 2, 1: size // 2}
         file = shared_data / "rotten_tomatoes" / f"{split}.jsonl"
-        assert description == f"rotten_tomatoes/{split} from {file} ({size:,} rows)"
+        assert description.describe() == f"rotten_tomatoes/{split} from {file} ({size:,} rows)"
         texts[split] = {r["text"] for r in rows}
     test_rows, _ = load_rotten_tomatoes("test")
     assert test_rows[0]["text"].startswith("lovingly photographed in the manner of a golden book")
@@ -165,7 +170,10 @@ def test_explicit_directory(tmp_path, shared_data, monkeypatch):
     ]:
         rows, description = load_rotten_tomatoes(split, tmp_path)
         assert rows == expected  # csv labels come back as ints too
-        assert description == f"rotten_tomatoes/{split} from {tmp_path / file} ({len(expected):,} rows)"
+        assert (
+            description.describe()
+            == f"rotten_tomatoes/{split} from {tmp_path / file} ({len(expected):,} rows)"
+        )
 
 
 def test_explicit_split_template(tmp_path, no_sources):
@@ -182,7 +190,7 @@ def test_explicit_single_file_serves_every_split(tmp_path, no_sources):
     path = write_csv(tmp_path / "reviews.csv", ROWS)
     for split in ("train", "validation", "test"):
         rows, description = load_rotten_tomatoes(split, path)
-        assert rows == ROWS and str(path) in description
+        assert rows == ROWS and str(path) in description.describe()
 
 
 def test_explicit_path_that_does_not_work_is_an_error(tmp_path, shared_data, monkeypatch):
@@ -214,7 +222,7 @@ def test_unknown_split(tmp_path):
 def test_hub_source_used_when_it_answers(no_sources, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(sources, "_hub_skip_reason", lambda: None)
+    monkeypatch.setattr(hub, "skip_reason", lambda library=None: None)
     calls = []
 
     def load_dataset(name, split):
@@ -225,26 +233,28 @@ def test_hub_source_used_when_it_answers(no_sources, monkeypatch):
     rows, description = load_rotten_tomatoes("validation")
     assert calls == [("rotten_tomatoes", "validation")]
     assert rows == [{"text": "great", "label": 1}, {"text": "awful", "label": 0}]
-    assert description == "rotten_tomatoes/validation from the Hugging Face hub (2 rows)"
+    assert description.describe() == "rotten_tomatoes/validation from the Hugging Face hub (2 rows)"
 
 
 def test_hub_probe_is_fast_when_unreachable(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for var in hub.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once, at its import
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     start = time.monotonic()
-    reason = sources._hub_skip_reason()
+    reason = hub.skip_reason("datasets")
     assert reason is not None and "unreachable" in reason
-    assert time.monotonic() - start < sources.HUB_PROBE_TIMEOUT_S + 1.5
+    assert time.monotonic() - start < hub.PROBE_TIMEOUT_S + 1.5
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    assert sources._hub_skip_reason() == "skipped (HF_DATASETS_OFFLINE is set)"
+    assert hub.skip_reason("datasets") == "HF_DATASETS_OFFLINE is set"
+    assert hub.skip_reason("transformers") is not None and "unreachable" in hub.skip_reason("transformers")
 
 
 def test_nothing_works_lists_what_was_tried(no_sources, monkeypatch):
     def no_pip(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr(sources, "_vader_split_file", no_pip)
+    monkeypatch.setattr(sentiment_sources, "_vader_split_file", no_pip)
     monkeypatch.setitem(sys.modules, "datasets", None)  # any hub attempt would fail on import
     message = user_error(load_rotten_tomatoes, "test")
     assert "LORALAB_DATA_DIR not set" in message
@@ -258,9 +268,11 @@ def test_nothing_works_lists_what_was_tried(no_sources, monkeypatch):
 def test_data_dir_without_the_file_falls_through(tmp_path, monkeypatch):
     monkeypatch.setenv("LORALAB_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(sources, "_vader_split_file", lambda split: write_jsonl(tmp_path / "v.jsonl", ROWS))
+    monkeypatch.setattr(
+        sentiment_sources, "_vader_split_file", lambda split: write_jsonl(tmp_path / "v.jsonl", ROWS)
+    )
     rows, description = load_rotten_tomatoes("train")
-    assert rows == ROWS and "vaderSentiment" in description
+    assert rows == ROWS and "vaderSentiment" in description.describe()
 
 
 # ---------------------------------------------------------------------------------------------- vader fallback
@@ -327,7 +339,8 @@ def test_vader_splits_disjoint_and_described(vader):
     assert not texts["train"] & texts["validation"]
     assert not texts["train"] & texts["test"]
     assert not texts["validation"] & texts["test"]
-    for split, (rows, description) in loaded.items():
+    for split, (rows, provenance) in loaded.items():
+        description = provenance.describe()
         assert description.startswith(f"rotten_tomatoes/{split} stand-in: {len(rows):,} ")
         assert "vaderSentiment 3.3.2" in description and "not the HF split" in description
 
@@ -347,3 +360,106 @@ def test_vader_deterministic_without_second_download(vader, monkeypatch):
     folder = cache / "datasets" / "rotten_tomatoes_vader"
     assert sorted(p.name for p in folder.iterdir()) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
     assert sorted(p.name for p in (cache / "downloads").iterdir()) == ["vaderSentiment-3.3.2.tar.gz"]
+
+
+# ---------------------------------------------------------------------------------------------- the chain
+
+
+def kind_location_rows_origin(provenance):
+    return provenance.kind, provenance.location, provenance.rows, provenance.origin
+
+
+def test_chain_order_path_then_data_dir_then_hub_then_stand_in(tmp_path, monkeypatch):
+    """Each source wins over every later one; each answer says, as fields, which source it was."""
+    explicit = write_jsonl(tmp_path / "explicit.jsonl", ROWS[:1])
+    root = tmp_path / "data"
+    (root / "rotten_tomatoes").mkdir(parents=True)
+    in_data_dir = write_jsonl(root / "rotten_tomatoes" / "train.jsonl", ROWS[:2])
+    stand_in = write_jsonl(tmp_path / "vader_train.jsonl", ROWS)
+    hub_calls = []
+
+    def load_dataset(name, split):
+        hub_calls.append((name, split))
+        return {"text": ["great", "awful", "fine", "meh"], "label": [1, 0, 1, 0]}
+
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(root))
+    monkeypatch.setattr(hub, "skip_reason", lambda library=None: None)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(sentiment_sources, "_vader_split_file", lambda split: stand_in)
+
+    rows, provenance = load_rotten_tomatoes("train", explicit)
+    assert rows == ROWS[:1] and hub_calls == []
+    assert kind_location_rows_origin(provenance) == ("path", str(explicit), 1, "files")
+
+    rows, provenance = load_rotten_tomatoes("train")
+    assert rows == ROWS[:2] and hub_calls == []
+    assert kind_location_rows_origin(provenance) == ("data_dir", str(in_data_dir), 2, "files")
+
+    in_data_dir.unlink()
+    rows, provenance = load_rotten_tomatoes("train")
+    assert len(rows) == 4 and hub_calls == [("rotten_tomatoes", "train")]
+    assert kind_location_rows_origin(provenance) == ("hub", "rotten_tomatoes", 4, "hub")
+
+    monkeypatch.setattr(hub, "skip_reason", lambda library=None: "HF_HUB_OFFLINE is set")
+    rows, provenance = load_rotten_tomatoes("train")
+    assert rows == ROWS and len(hub_calls) == 1
+    assert kind_location_rows_origin(provenance) == ("offline", str(stand_in), 3, "offline")
+    assert provenance.stand_in and provenance.split == "train" and provenance.dataset == "rotten_tomatoes"
+    record = provenance.as_dict()
+    assert json.loads(json.dumps(record)) == record  # ready for summary.json
+    assert record["kind"] == "offline" and record["description"] == str(provenance) == provenance.describe()
+
+
+def test_chain_lists_what_it_tried_in_order_and_stops_at_the_first_answer(tmp_path, monkeypatch):
+    from loralab.data.sources import Provenance, Sources, load_rows
+
+    calls = []
+
+    def files_in(root, split):
+        calls.append("data_dir")
+        return f"nothing in {root}"
+
+    def from_hub(split):
+        calls.append("hub")
+        raise ConnectionError("connection reset\nmore detail")
+
+    def offline(split):
+        calls.append("offline")
+        raise OSError("no network")
+
+    def read(files, split, presplit):
+        raise AssertionError("no files should be read")
+
+    sources = Sources("toy", files_at=lambda path, split: pytest.fail("no path was given"), files_in=files_in,
+                      read=read, wanted="toy/{split}.jsonl", hub=from_hub, hub_id="someone/toy",
+                      offline=offline, offline_name="the toy stand-in")  # fmt: skip
+    monkeypatch.setenv("LORALAB_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(hub, "skip_reason", lambda library=None: None)
+    message = user_error(load_rows, sources, "test")
+    assert calls == ["data_dir", "hub", "offline"]
+    assert message == (
+        f"no toy/test data found (tried: nothing in {tmp_path}; Hugging Face hub failed (connection reset); "
+        "the toy stand-in failed (no network)); set LORALAB_DATA_DIR to a folder holding toy/test.jsonl or "
+        "pass a data path"
+    )
+
+    def hub_rows(split):
+        calls.append("hub")
+        return [{"x": 1}, {"x": 2}], 20, "own 80/10/10 hash split"
+
+    calls.clear()
+    monkeypatch.setattr(hub, "skip_reason", lambda library=None: "HF_HUB_OFFLINE is set")
+    assert "Hugging Face hub skipped (HF_HUB_OFFLINE is set)" in user_error(load_rows, sources, "test")
+    assert calls == ["data_dir", "offline"]  # the probe said no: the hub itself is not called
+
+    calls.clear()
+    monkeypatch.setattr(hub, "skip_reason", lambda library=None: None)
+    sources = Sources("toy", files_at=sources.files_at, files_in=files_in, read=read, wanted="",
+                      hub=hub_rows, hub_id="someone/toy", hub_config="v2", offline=offline)  # fmt: skip
+    rows, provenance = load_rows(sources, "validation")
+    assert rows == [{"x": 1}, {"x": 2}] and calls == ["data_dir", "hub"]
+    assert provenance == Provenance("toy", "validation", "hub", "someone/toy", 2, 20, "v2",
+                                    "own 80/10/10 hash split")  # fmt: skip
+    assert str(provenance) == (
+        "toy/validation from the Hugging Face hub someone/toy (2 rows of 20; own 80/10/10 hash split)"
+    )

@@ -18,7 +18,13 @@ def raw_rows(path):
 
 
 def load_all(loader, path=None):
-    return {split: loader(split, path) for split in SPLITS}
+    """{split: (rows, the line describing where they came from)}."""
+    return {split: described(loader(split, path)) for split in SPLITS}
+
+
+def described(loaded):
+    rows, provenance = loaded
+    return rows, provenance.describe()
 
 
 def write_jsonl(path, rows):
@@ -107,7 +113,7 @@ def test_presplit_copy_in_data_dir_wins_over_the_sample(shared_data, tmp_path, m
     for split, part in zip(SPLITS, (raw[:5], raw[5:8], raw[8:10]), strict=True):
         write_jsonl(tmp_path / "cnn_dailymail" / f"{split}.jsonl", part)
     monkeypatch.setenv("LORALAB_DATA_DIR", str(tmp_path))
-    rows, source = load_cnn_dailymail("validation")
+    rows, source = described(load_cnn_dailymail("validation"))
     assert [row["id"] for row in rows] == [r["id"] for r in raw[5:8]]
     assert (
         source == f"cnn_dailymail/validation from {tmp_path / 'cnn_dailymail' / 'validation.jsonl'} (3 rows)"
@@ -116,7 +122,7 @@ def test_presplit_copy_in_data_dir_wins_over_the_sample(shared_data, tmp_path, m
 
 def test_generic_document_summary_columns_and_split_template(tmp_path):
     write_jsonl(tmp_path / "test.jsonl", [{"document": "d", "summary": "s"}])
-    rows, source = load_cnn_dailymail("test", f"{tmp_path}/{{split}}.jsonl")
+    rows, source = described(load_cnn_dailymail("test", f"{tmp_path}/{{split}}.jsonl"))
     assert rows == [{"document": "d", "summary": "s", "id": "1"}]
     assert source == f"cnn_dailymail/test from {tmp_path / 'test.jsonl'} (1 rows)"
 

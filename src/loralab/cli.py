@@ -16,7 +16,8 @@ from loralab.evaluation.sandbox.cli import add_sandbox_parser, cmd_sandbox
 
 TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
 
-keys and defaults:
+keys and their defaults, by section (key = value in CONFIG.toml, --key=value on the command line):
+
 {options}
 
 examples:
@@ -200,9 +201,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.data.encoding import random_subset
     from loralab.evaluation.code_eval import check_code_eval
-    from loralab.evaluation.predict import evaluate_task
+    from loralab.files import write_json_atomically, write_lines_atomically
     from loralab.tasks import get_task
-    from loralab.training.run_files import write_json_atomically, write_lines_atomically
     from loralab.training.run_model import load_for_inference
 
     config, run = _run_config(args.run_dir, args.model, overrides)
@@ -212,11 +212,9 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     rows = random_subset(rows, config.max_test_samples, config.seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
     model, tokenizer, device, predict = load_for_inference(config, run)
-    metrics, _ = evaluate_task(model, tokenizer, task, config, rows, device, predict)
-    samples: list[dict] = []
-    if hasattr(task, "extra_evaluation"):
-        extra, samples = task.extra_evaluation(model, tokenizer, config, device, predict)
-        metrics |= extra
+    metrics, _ = task.evaluate(model, tokenizer, config, rows, device, predict)
+    extra, samples = task.extra_evaluation(model, tokenizer, config, device, predict)  # code_qa: pass@k
+    metrics |= extra
     print(f"test {task.headline(metrics)}" + ("" if run else f" (zero-shot {config.model})"))
     if run is not None:
         write_json_atomically(run / "eval.json", metrics)
@@ -257,11 +255,15 @@ def _generate_with_adapters(args: argparse.Namespace, overrides: list[str]) -> l
     names = [run.name for _, run in runs]
     choices = args.adapter  # set whenever there is only one run (cmd_generate routes here only then)
     if not choices:
-        raise UserError(f"with several runs, say which one each prompt uses: --adapter NAME per prompt "
-                        f"(names: {', '.join(names)}, or none)")  # fmt: skip
+        raise UserError(
+            f"with several runs, say which one each prompt uses: --adapter NAME per prompt "
+            f"(names: {', '.join(names)}, or none)"
+        )
     if len(choices) not in (1, len(args.prompt)):
-        raise UserError(f"{len(choices)} --adapter values for {len(args.prompt)} prompts; give one per prompt "
-                        "or one for all")  # fmt: skip
+        raise UserError(
+            f"{len(choices)} --adapter values for {len(args.prompt)} prompts; give one per prompt "
+            "or one for all"
+        )
     unknown = sorted({c for c in choices if c not in names and c != "none"})
     if unknown:
         raise UserError(

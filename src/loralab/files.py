@@ -1,6 +1,6 @@
-"""Files: atomic writes (readers see the old version or the new one, never half of it), safe reads (JSON objects
-and safetensors only, never pickle), checksums, and where loralab keeps its caches. A full or read-only disk, a
-missing or corrupt file, is a one-line UserError naming the file and the fix, not a traceback.
+"""Files: atomic writes (readers see the old version or the new one, never half of it), safe reads (JSON, JSON
+lines and safetensors only, never pickle), checksums, and where loralab keeps its caches. A full or read-only
+disk, a missing or corrupt file, is a one-line UserError naming the file and the fix, not a traceback.
 
 Imports nothing of loralab but errors; every layer may import it."""
 
@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from loralab.errors import UserError
@@ -30,8 +30,10 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def no_space_error(folder: Path) -> UserError:
-    return UserError(f"no space left on the disk holding {folder}; free some space there (or write to another "
-                     "disk, e.g. another out_dir) and run again")  # fmt: skip
+    return UserError(
+        f"no space left on the disk holding {folder}; free some space there (or write to another "
+        "disk, e.g. another out_dir) and run again"
+    )
 
 
 def write_atomically(path: Path, write: Callable[[str], None]) -> None:
@@ -55,7 +57,17 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    """`data` as indented JSON, through a temp file and a rename."""
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_lines_atomically(path: Path, records: Iterable[object]) -> None:
+    """A JSON-lines file (one record per line), through a temp file and a rename."""
+    write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def check_writable(folder: Path, fix: str = "choose another out_dir") -> None:
@@ -110,16 +122,38 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: Path, what: str, fix: str) -> object:
+    """The JSON value in `path`; UserError "PATH is not WHAT (why); FIX" if it is missing, unreadable or not
+    JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not {what} ({exc}); {fix}") from None
+
+
 def read_json_object(path: Path, what: str, fix: str) -> dict:
     """The JSON object in `path`; UserError "PATH is not WHAT (why); FIX" if it is unreadable or not JSON, and
     one saying so if it holds something other than an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not {what} ({exc}); {fix}") from None
+    value = read_json(path, what, fix)
     if not isinstance(value, dict):
         raise UserError(f"{path} holds no JSON object; {fix}")
     return value
+
+
+def json_lines(text: str, where: object) -> list[tuple[int, object]]:
+    """The values of a JSON-lines text with their line numbers; blank lines are skipped. A line that is not
+    JSON is a UserError "WHERE, line N: not valid JSON (why); fix or remove that line"."""
+    values = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            values.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{where}, line {number}: not valid JSON ({exc.msg}); fix or remove that line"
+            ) from None
+    return values
 
 
 def read_tensors(path: Path, fix: str) -> dict:

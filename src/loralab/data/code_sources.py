@@ -1,8 +1,8 @@
 """Instruction -> Python code data: python_codes_25k and stdlib_docstrings, as rows {"question", "answer"}.
 
-python_codes_25k (flytech/python-codes-25k, one "train" split of 24,813 rows) comes from, in order: an explicit
-path; $LORALAB_DATA_DIR/python_codes_25k/ or $LORALAB_DATA_DIR/python_codes_25k_excerpt/ (*.jsonl; the shared
-excerpt has the first 356 rows only); the Hugging Face hub. question = instruction, plus "\\n" + input when the
+python_codes_25k (flytech/python-codes-25k, one "train" split of 24,813 rows) comes from data.sources' chain:
+an explicit path; $LORALAB_DATA_DIR/python_codes_25k/ or $LORALAB_DATA_DIR/python_codes_25k_excerpt/ (*.jsonl;
+the shared excerpt has the first 356 rows only); the Hugging Face hub. question = instruction, plus "\\n" + input when the
 input is not empty; answer = output without its Markdown code fence. Every output of the excerpt is exactly
 "```python\\n<code>\\n```" with nothing before or after; outputs with text around a fenced block keep only the
 first block, outputs without a fence are kept whole. Kept as the source has them: inputs that are mostly filler
@@ -11,7 +11,8 @@ excerpt answers do not parse on Python 3.11, 78 on 3.12+: quotes nested in same-
 in python fences). The source has one split: train/validation/test are made 80/10/10 by content hash
 (splits.hash_split), keeping rows with the same question or answer together.
 
-stdlib_docstrings needs no download: (docstring -> function source) pairs of the running Python's standard
+stdlib_docstrings needs no download (an explicit path, then $LORALAB_DATA_DIR/stdlib_docstrings/, then this
+offline build): (docstring -> function source) pairs of the running Python's standard
 library, built with `ast` once and cached as JSON lines under cache_dir()/datasets/stdlib_docstrings/, keyed by
 the Python version. question = the docstring (inspect.cleandoc) + a blank line + the def line(s); answer = the
 function's source (decorators included) without its docstring, dedented. CPython 3.11.7 gives 3,845 pairs
@@ -34,15 +35,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from loralab.data.sources import _hub_skip_reason, _one_line, _write_jsonl_atomic, read_table
-from loralab.data.splits import check_split, explicit_files, hash_split
+from loralab.data.sources import OFFLINE, Files, Loaded, Provenance, Read, Sources, load_rows
+from loralab.data.splits import explicit_files, hash_split
+from loralab.data.tables import read_table
 from loralab.errors import UserError
-from loralab.files import cache_dir, data_dir
+from loralab.files import cache_dir, write_lines_atomically
 
 CODES_HUB_ID = "flytech/python-codes-25k"
 CODES_COLUMNS = ("instruction", "input", "output")
 CODES_FOLDERS = ("python_codes_25k", "python_codes_25k_excerpt")
 CODES_FULL_ROWS = 24_813
+HASH_SPLIT = "own 80/10/10 hash split"
 
 STDLIB_FORMAT = 1  # bump when the pairs change: it is part of the cache file name
 STDLIB_MIN_DOC_CHARS = 30
@@ -74,16 +77,13 @@ def _rows_from(
     return rows
 
 
-def _pick(rows: list[dict], split: str, seed: str, presplit: bool) -> list[dict]:
-    """`rows` as they are when they already are one split, else their share of the 80/10/10 hash split."""
+def _pick(rows: list[dict], split: str, seed: str, presplit: bool) -> Read:
+    """`rows` as they are when they already are one split, else their share of the 80/10/10 hash split; with
+    the total they were taken from and a note saying so."""
     chosen = rows if presplit else hash_split(rows, _question_answer_keys, seed)[split]
     if not chosen:
         raise UserError(f"{seed}/{split} is empty ({len(rows)} rows in all); use a larger data file")
-    return chosen
-
-
-def _where(files: list[Path]) -> str:
-    return str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
+    return (chosen, None, "") if presplit else (chosen, len(rows), HASH_SPLIT)
 
 
 # ---------------------------------------------------------------------------------------------- python_codes_25k
@@ -132,59 +132,44 @@ def codes_rows(path: Path | str, rows: list[dict]) -> list[dict]:
     return out
 
 
-def load_python_codes_25k(split: str, path: str | Path | None = None) -> tuple[list[dict], str]:
+def load_python_codes_25k(split: str, path: str | Path | None = None) -> Loaded:
     """`split` of python_codes_25k as rows {"question", "answer", "instruction", "input"}, and where from."""
-    check_split(split)
-    name = "python_codes_25k"
-    if path is not None:
-        files, presplit = explicit_files(path, split)
-        rows = _rows_from(files, CODES_COLUMNS, codes_rows)
-        chosen = _pick(rows, split, name, presplit)
-        how = "" if presplit else f" of {len(rows):,}; own 80/10/10 hash split"
-        return chosen, f"{name}/{split} from {_where(files)} ({len(chosen):,} rows{how})"
-
-    tried = []
-    root = data_dir()
-    if root is None:
-        tried.append("LORALAB_DATA_DIR not set")
-    else:
-        for folder in CODES_FOLDERS:
-            files = sorted((root / folder).glob("*.jsonl"))
-            if files:
-                rows = _rows_from(files, CODES_COLUMNS, codes_rows)
-                chosen = _pick(rows, split, name, False)
-                excerpt = (
-                    f"; an excerpt: {len(rows):,} of the {CODES_FULL_ROWS:,} rows"
-                    if "excerpt" in folder
-                    else ""
-                )
-                return chosen, (
-                    f"{name}/{split} from {_where(files)} ({len(chosen):,} rows of {len(rows):,}; "
-                    f"own 80/10/10 hash split{excerpt})"
-                )
-            tried.append(f"no *.jsonl in {root / folder}")
-
-    reason = _hub_skip_reason()
-    if reason is None:
-        try:
-            rows = codes_rows(CODES_HUB_ID, _codes_hub_records())
-            chosen = _pick(rows, split, name, False)
-            return chosen, (
-                f"{name}/{split} from the Hugging Face hub {CODES_HUB_ID} ({len(chosen):,} rows of "
-                f"{len(rows):,}; own 80/10/10 hash split)"
-            )
-        except UserError:
-            raise
-        except Exception as exc:  # any failure of the hub means: no source left
-            reason = f"failed ({_one_line(exc)})"
-    tried.append(f"Hugging Face hub {reason}")
-    raise UserError(
-        f"no {name} data found (tried: {'; '.join(tried)}); set LORALAB_DATA_DIR to a folder holding "
-        f"python_codes_25k_excerpt/*.jsonl or pass a data path"
+    sources = Sources(
+        "python_codes_25k",
+        files_at=explicit_files,
+        files_in=_codes_in_data_dir,
+        read=_read_codes,
+        wanted="python_codes_25k_excerpt/*.jsonl",
+        hub=_codes_from_hub,
+        hub_id=CODES_HUB_ID,
+        missing="{dataset}",  # the source has one split: the whole dataset is what is missing
     )
+    return load_rows(sources, split, path)
+
+
+def _codes_in_data_dir(root: Path, split: str) -> Files | str:
+    for folder in CODES_FOLDERS:
+        files = sorted((root / folder).glob("*.jsonl"))
+        if files:
+            return files, False
+    return "; ".join(f"no *.jsonl in {root / folder}" for folder in CODES_FOLDERS)
+
+
+def _read_codes(files: list[Path], split: str, presplit: bool) -> Read:
+    rows = _rows_from(files, CODES_COLUMNS, codes_rows)
+    chosen, total, note = _pick(rows, split, "python_codes_25k", presplit)
+    if all(file.parent.name == "python_codes_25k_excerpt" for file in files):
+        note += f"; an excerpt: {len(rows):,} of the {CODES_FULL_ROWS:,} rows"
+    return chosen, total, note
+
+
+def _codes_from_hub(split: str) -> Read:
+    return _pick(codes_rows(CODES_HUB_ID, _codes_hub_records()), split, "python_codes_25k", False)
 
 
 def _codes_hub_records() -> list[dict]:
+    # imported here: datasets takes seconds to import and only the hub step needs it (`loralab --help`
+    # and runs on local data stay fast)
     import datasets
 
     dataset = datasets.load_dataset(CODES_HUB_ID, split="train")
@@ -336,7 +321,7 @@ def stdlib_pairs() -> tuple[list[dict], Path, float | None]:
             "or pass a data path"
         )
     file.parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl_atomic(file, pairs)
+    write_lines_atomically(file, pairs)
     return pairs, file, seconds
 
 
@@ -352,28 +337,40 @@ def _stdlib_rows(path: Path, rows: list[dict]) -> list[dict]:
     return out
 
 
-def load_stdlib_docstrings(split: str, path: str | Path | None = None) -> tuple[list[dict], str]:
-    """`split` of stdlib_docstrings as rows {"question", "answer", "id"}, and a line saying where from."""
-    check_split(split)
-    name = "stdlib_docstrings"
-    if path is None and data_dir() is not None and (data_dir() / name).is_dir():
-        path = data_dir() / name
-    if path is not None:
-        files, presplit = explicit_files(path, split)
-        rows = _rows_from(files, ("question", "answer"), _stdlib_rows)
-        chosen = _pick(rows, split, name, presplit)
-        how = "" if presplit else f" of {len(rows):,}; own 80/10/10 hash split"
-        return chosen, f"{name}/{split} from {_where(files)} ({len(chosen):,} rows{how})"
-
-    pairs, file, seconds = stdlib_pairs()
-    rows = _stdlib_rows(file, pairs)
-    chosen = _pick(rows, split, name, False)
-    built = f"built in {seconds:.1f} s, " if seconds is not None else ""
-    return chosen, (
-        f"{name}/{split}: {len(chosen):,} of {len(rows):,} docstring->function pairs from the Python "
-        f"{platform.python_version()} standard library at {stdlib_root()} ({built}cached in {file}; "
-        "own 80/10/10 hash split)"
+def load_stdlib_docstrings(split: str, path: str | Path | None = None) -> Loaded:
+    """`split` of stdlib_docstrings as rows {"question", "answer", "id"}, and where they came from."""
+    sources = Sources(
+        "stdlib_docstrings",
+        files_at=explicit_files,
+        files_in=_stdlib_in_data_dir,
+        read=_read_stdlib,
+        wanted="stdlib_docstrings/*.jsonl",
+        offline=_stdlib_built,
     )
+    return load_rows(sources, split, path)
+
+
+def _stdlib_in_data_dir(root: Path, split: str) -> Files | str:
+    folder = root / "stdlib_docstrings"
+    return explicit_files(folder, split) if folder.is_dir() else f"{folder} not found"
+
+
+def _read_stdlib(files: list[Path], split: str, presplit: bool) -> Read:
+    return _pick(
+        _rows_from(files, ("question", "answer"), _stdlib_rows), split, "stdlib_docstrings", presplit
+    )
+
+
+def _stdlib_built(split: str) -> Loaded:
+    """The split of the pairs built from this Python's standard library (cached)."""
+    pairs, file, seconds = stdlib_pairs()
+    rows, total, note = _pick(_stdlib_rows(file, pairs), split, "stdlib_docstrings", False)
+    built = f"built in {seconds:.1f} s, " if seconds is not None else ""
+    note = (
+        f"docstring->function pairs from the Python {platform.python_version()} standard library at "
+        f"{stdlib_root()} ({built}cached in {file}; {note})"
+    )
+    return rows, Provenance("stdlib_docstrings", split, OFFLINE, str(file), len(rows), total, note=note)
 
 
 if __name__ == "__main__":  # python -m loralab.data.code_sources: build and describe the stdlib pairs

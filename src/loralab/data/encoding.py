@@ -227,8 +227,12 @@ def collate_packed(
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     allowed = (same & causal & (segment[:, :, None] >= 0)) | torch.eye(width, dtype=torch.bool)
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return {"input_ids": batch["input_ids"], "attention_mask": mask[:, None], "position_ids": positions,
-            "labels": labels}  # fmt: skip
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask[:, None],
+        "position_ids": positions,
+        "labels": labels,
+    }
 
 
 def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -274,3 +278,8 @@ def collate_inputs(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Ten
         "input_ids": _right_pad(prompts, pad_id),
         "attention_mask": _right_pad([[1] * len(p) for p in prompts], 0),
     }
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device`."""
+    return {key: value.to(device) for key, value in batch.items()}

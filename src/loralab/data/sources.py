@@ -1,359 +1,183 @@
-"""Where training data comes from: tables on disk, and the rotten_tomatoes sentiment task from the first source that works.
+"""The one data-source chain: a dataset's split comes from the first of these that has it.
 
-rotten_tomatoes sources, in order: an explicit path; $LORALAB_DATA_DIR/rotten_tomatoes/{split}.jsonl; the Hugging
-Face hub; and, for machines that reach only PyPI, the movie-review snippets with human ratings shipped in the
-vaderSentiment 3.3.2 source distribution (Hutto & Gilbert, ICWSM 2014), split 80/10/10 with a fixed seed.
+    1. an explicit path (config `data_path`, `--data_path`): a file, a folder or a '{split}' template; when
+       it is given, nothing else is tried, so a wrong path is an error, not a silent download;
+    2. $LORALAB_DATA_DIR: a folder of datasets (rotten_tomatoes/{split}.jsonl, ...);
+    3. the Hugging Face hub, when hub.skip_reason("datasets") allows it (no offline flag, and it answers);
+    4. an offline stand-in made on this machine (rotten_tomatoes: the vaderSentiment snippets from PyPI;
+       stdlib_docstrings: built from this Python's standard library).
+
+A dataset module says only what differs (a `Sources`: which files, how rows are read and split, its hub
+loader, its stand-in) and calls load_rows(). Every split comes back with a Provenance: which step answered,
+the file or hub id, the row counts and how the split was made. str(provenance) is the line printed; the
+training loop compares `origin` (every split of a run must come from the same kind of source).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import random
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import threading
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loralab.errors import UserError
-from loralab.files import cache_dir, data_dir, sha256_of
+from loralab import hub
+from loralab.data.splits import check_split
+from loralab.errors import UserError, short_reason
+from loralab.files import data_dir
 
-SPLITS = ("train", "validation", "test")
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
-
-HUB_PROBE_TIMEOUT_S = 3.0
-VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
-VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
-VADER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
-VADER_SNIPPETS = "movieReviewSnippets_GroundTruth.txt"
-PIP_TIMEOUT_S = 600
+PATH, DATA_DIR, HUB, OFFLINE = "path", "data_dir", "hub", "offline"  # Provenance.kind, in chain order
+KINDS = (PATH, DATA_DIR, HUB, OFFLINE)
 
 
-# ---------------------------------------------------------------------------------------------- tables
+@dataclass(frozen=True)
+class Provenance:
+    """Where one split's rows came from.
+
+    kind: "path" (an explicit data path), "data_dir" ($LORALAB_DATA_DIR), "hub", or "offline" (made on this
+        machine: a stand-in, or a dataset built locally).
+    location: the file ("folder (n files)" for several), the hub id, or the offline data's cache file.
+    rows: how many rows this split has; total: the rows of the source it was taken from, when loralab made
+        the split itself (None: the source had the split as it is).
+    hub_config: the hub dataset's configuration, if it has one (cnn_dailymail: "3.0.0").
+    note: how the split was made and what to know about the data ("own 80/10/10 hash split", ...).
+    stand_in: the rows are not the dataset itself but a substitute for it (offline only).
+    """
+
+    dataset: str
+    split: str
+    kind: str
+    location: str
+    rows: int
+    total: int | None = None
+    hub_config: str | None = None
+    note: str = ""
+    stand_in: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown provenance kind {self.kind!r}; one of {', '.join(KINDS)}")
+
+    @property
+    def origin(self) -> str:
+        """The kind of source all splits of a run must share: "files" (path or data_dir), "hub" or "offline"."""
+        return "files" if self.kind in (PATH, DATA_DIR) else self.kind
+
+    def describe(self) -> str:
+        """The line printed for this split, e.g. "rotten_tomatoes/test from /data/test.jsonl (1,066 rows)"."""
+        label = f"{self.dataset}/{self.split}"
+        of_total = "" if self.total is None else f" of {self.total:,}"
+        if self.kind == OFFLINE:  # "rotten_tomatoes/test stand-in: 1,057 <what they are, from where>"
+            label += " stand-in" if self.stand_in else ""
+            return f"{label}: {self.rows:,}{of_total} {self.note}".rstrip()
+        count = f"{self.rows:,} rows{of_total}"
+        detail = f"{count}; {self.note}" if self.note else count
+        place = self.location
+        if self.kind == HUB:  # the id is left out when it is just the dataset's name
+            place = "the Hugging Face hub" + ("" if self.location == self.dataset else f" {self.location}")
+        return f"{label} from {place} ({detail})"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def as_dict(self) -> dict:
+        """The fields as a JSON-ready dict, plus the printed line under "description"."""
+        return asdict(self) | {"description": self.describe()}
 
 
-def read_table(path: str | Path, columns: Sequence[str]) -> list[dict]:
-    """Rows of a .jsonl/.json (JSON lines or a JSON list), .csv, .tsv or .parquet file; each has `columns`."""
-    return [row for _, row in read_located_table(path, columns)]
+Loaded = tuple[list[dict], Provenance]
+# table files, and whether they hold the one split asked for (else: the whole dataset, to be split)
+Files = tuple[list[Path], bool]
+# the split's rows, the total they were taken from (None: the source had the split as it is), a note
+Read = tuple[list[dict], int | None, str]
 
 
-def read_located_table(path: str | Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
-    """Like read_table, each row with where it stands in the file ("line 7", "item 3", "row 2")."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"{path} not found; check the path")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a table file; pass a {'/'.join(TABLE_SUFFIXES)} file")
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise UserError(
-            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(TABLE_SUFFIXES)}"
-        )
-    if path.stat().st_size == 0:
-        raise UserError(f"{path} is empty; it needs a header or at least one row")
-    try:
-        if suffix == ".parquet":
-            rows = _read_parquet(path, columns)
-        elif suffix in (".csv", ".tsv"):
-            rows = _read_delimited(path, columns, "\t" if suffix == ".tsv" else ",")
-        else:
-            rows = _read_json(path, columns)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from None
-    if not rows:
-        raise UserError(f"{path} is empty; it has no data rows")
-    return rows
+@dataclass(frozen=True)
+class Sources:
+    """What one dataset gives the chain; each callable takes the split name last.
+
+    files_at(path, split): the files an explicit path names (UserError when it names none).
+    files_in(root, split): the files under $LORALAB_DATA_DIR, or a note of what was looked for and not found.
+    read(files, split, presplit): the split's rows from those files (see Read).
+    hub(split): the split's rows from the hub (see Read); None: the dataset is not on the hub.
+    offline(split): rows and provenance made on this machine; None: there is no such fallback. With an
+        offline_name, a failure is listed with the other sources tried; without, its error is the error.
+    """
+
+    dataset: str
+    files_at: Callable[[str | Path, str], Files]
+    files_in: Callable[[Path, str], Files | str]
+    read: Callable[[list[Path], str, bool], Read]
+    wanted: str  # what LORALAB_DATA_DIR should hold, for the error when nothing works ({split} filled in)
+    hub: Callable[[str], Read] | None = None
+    hub_id: str = ""
+    hub_config: str | None = None
+    offline: Callable[[str], Loaded] | None = None
+    offline_name: str = ""  # what the offline fallback is, in the list of what was tried
+    missing: str = "{dataset}/{split}"  # what was not found, in that error
 
 
-def _check_columns(path: Path, present: Sequence[str], columns: Sequence[str], where: str = "") -> None:
-    missing = [c for c in columns if c not in present]
-    if missing:
-        names = ", ".join(repr(c) for c in missing)
-        have = ", ".join(repr(str(c)) for c in present) or "none"
-        raise UserError(
-            f"{path}{where}: missing column(s) {names}; columns present: {have}; rename or add them"
-        )
-
-
-def _read_json(path: Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); fix that line") from None
-        numbered = list(enumerate(records, 1))
-        label = "item"
-    else:
-        numbered = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{path}, line {number}: not valid JSON ({exc.msg}); fix or remove that line"
-                ) from None
-        label = "line"
-    for number, record in numbered:
-        if not isinstance(record, dict):
-            raise UserError(
-                f"{path}, {label} {number}: expected a JSON object with {', '.join(columns)}; fix it"
-            )
-        _check_columns(path, list(record), columns, f" ({label} {number})")
-    return [(f"{label} {number}", record) for number, record in numbered]
-
-
-def _read_delimited(path: Path, columns: Sequence[str], delimiter: str) -> list[tuple[str, dict]]:
-    rows = []
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
-        try:
-            _check_columns(path, reader.fieldnames or [], columns)
-            for row in reader:
-                if None in row:
-                    raise UserError(
-                        f"{path}, line {reader.line_num}: more fields than the header; quote fields containing {delimiter!r}"
-                    )
-                short = [c for c in columns if row[c] is None]
-                if short:
-                    raise UserError(
-                        f"{path}, line {reader.line_num}: no value for {', '.join(short)}; fix that line"
-                    )
-                rows.append((f"line {reader.line_num}", row))
-        except csv.Error as exc:
-            raise UserError(f"{path}, line {reader.line_num}: unparsable ({exc}); fix that line") from None
-    return rows
-
-
-def _read_parquet(path: Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError(f"reading {path} needs pyarrow; pip install pyarrow") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-        raise UserError(
-            f"{path} is not a readable parquet file ({' '.join(str(exc).split())}); check it"
-        ) from None
-    _check_columns(path, table.column_names, columns)
-    return [(f"row {number}", row) for number, row in enumerate(table.to_pylist(), 1)]
-
-
-# ---------------------------------------------------------------------------------------------- rotten_tomatoes
-
-
-def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> tuple[list[dict], str]:
-    """`split` of rotten_tomatoes as rows {"text": str, "label": 1 pos / 0 neg}, and a line saying where from."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+def load_rows(sources: Sources, split: str, path: str | Path | None = None) -> Loaded:
+    """`split` of the dataset from the first source that has it (see the module docstring), and where from."""
+    check_split(split)
     if path is not None:
-        file = _explicit_file(path, split)
-        rows = _sentiment_rows(file, read_located_table(file, ["text", "label"]))
-        return rows, f"rotten_tomatoes/{split} from {file} ({len(rows):,} rows)"
-
+        return _from_files(sources, split, *sources.files_at(path, split), PATH)
     tried = []
-    root = data_dir()
-    if root is None:
-        tried.append("LORALAB_DATA_DIR not set")
-    else:
-        file = root / "rotten_tomatoes" / f"{split}.jsonl"
-        if file.is_file():
-            rows = _sentiment_rows(file, read_located_table(file, ["text", "label"]))
-            return rows, f"rotten_tomatoes/{split} from {file} ({len(rows):,} rows)"
-        tried.append(f"{file} not found")
-
-    reason = _hub_skip_reason()
-    if reason is None:
-        try:
-            rows = _hub_rows(split)
-            return rows, f"rotten_tomatoes/{split} from the Hugging Face hub ({len(rows):,} rows)"
-        except Exception as exc:  # any failure of the hub means: try the next source
-            reason = f"failed ({_one_line(exc)})"
-    tried.append(f"Hugging Face hub {reason}")
-
-    try:
-        file = _vader_split_file(split)
-        rows = _sentiment_rows(file, read_located_table(file, ["text", "label"]))
-    except Exception as exc:
-        tried.append(f"vaderSentiment snippets from PyPI failed ({_one_line(exc)})")
-    else:
-        return rows, (
-            f"rotten_tomatoes/{split} stand-in: {len(rows):,} Rotten Tomatoes snippets with human ratings from the "
-            f"vaderSentiment 3.3.2 sdist (Hutto & Gilbert 2014; own 80/10/10 split, not the HF split) at {file}"
-        )
-
+    for step in (_from_data_dir, _from_hub, _from_offline):
+        outcome = step(sources, split)
+        if isinstance(outcome, tuple):
+            return outcome
+        if outcome:
+            tried.append(outcome)
+    missing = sources.missing.format(dataset=sources.dataset, split=split)
     raise UserError(
-        f"no rotten_tomatoes/{split} data found (tried: {'; '.join(tried)}); "
-        f"set LORALAB_DATA_DIR to a folder holding rotten_tomatoes/{split}.jsonl or pass a data path"
+        f"no {missing} data found (tried: {'; '.join(tried)}); set LORALAB_DATA_DIR to a folder holding "
+        f"{sources.wanted.format(split=split)} or pass a data path"
     )
 
 
-def _explicit_file(path: str | Path, split: str) -> Path:
-    """The file an explicit path names for `split`: a folder's {split}.<ext>, a '{split}' template, or the file."""
-    text = str(path)
-    if "{split}" in text:
-        return Path(text.replace("{split}", split)).expanduser()
-    path = Path(text).expanduser()
-    if path.is_dir():
-        for suffix in TABLE_SUFFIXES:
-            if (path / f"{split}{suffix}").is_file():
-                return path / f"{split}{suffix}"
-        raise UserError(
-            f"{path} has no {split}.jsonl, {split}.csv or {split}.parquet; add one or pass a file path"
-        )
-    return path
+# Each step returns the rows and their provenance, or what it tried and why that did not work (None: it has
+# nothing to try for this dataset).
 
 
-def _sentiment_rows(path: Path, rows: list[tuple[str, dict]]) -> list[dict]:
-    """Rows reduced to {"text": str, "label": 0 or 1}; labels may be ints, 0/1 floats or "0"/"1" strings.
-    A text must say something: an empty one is an error, not an example of nothing."""
-    out = []
-    for where, row in rows:
-        text, label = row["text"], row["label"]
-        if not isinstance(text, str):
-            raise UserError(f"{path}, {where}: text must be a string, got {text!r}; fix that row")
-        if not text.strip():
-            raise UserError(f"{path}, {where}: the text is empty; write the review there or remove that row")
-        value = label.strip() if isinstance(label, str) else label
-        if isinstance(value, bool) or value not in (0, 1, "0", "1"):
-            raise UserError(
-                f"{path}, {where}: label {label!r} is not 0 (negative) or 1 (positive); fix the labels"
-            )
-        out.append({"text": text, "label": int(value)})
-    return out
+def _from_data_dir(sources: Sources, split: str) -> Loaded | str:
+    root = data_dir()
+    if root is None:
+        return "LORALAB_DATA_DIR not set"
+    found = sources.files_in(root, split)
+    return found if isinstance(found, str) else _from_files(sources, split, *found, DATA_DIR)
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return message if len(message) <= limit else message[: limit - 3] + "..."
-
-
-# ---------------------------------------------------------------------------------------------- hub
-
-
-def _hub_skip_reason() -> str | None:
-    """Why not to try the hub (an offline flag is set, or it does not answer within seconds), else None.
-
-    datasets itself retries an unreachable hub for about 25 s before it gives up, so it is probed first.
-    """
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-            return f"skipped ({var} is set)"
-    url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    outcome = [f"no answer in {HUB_PROBE_TIMEOUT_S:g} s"]
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(url, timeout=HUB_PROBE_TIMEOUT_S).close()
-            outcome[0] = None
-        except Exception as exc:  # HTTPError (e.g. a captive 404), URLError, timeouts, bad HF_ENDPOINT
-            outcome[0] = _one_line(getattr(exc, "reason", None) or exc, 80)
-
-    thread = threading.Thread(target=probe, daemon=True)  # a thread also bounds a hanging DNS lookup
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT_S + 1)
-    return None if outcome[0] is None else f"skipped ({url} unreachable: {outcome[0]})"
-
-
-def _hub_rows(split: str) -> list[dict]:
-    import datasets
-
-    dataset = datasets.load_dataset("rotten_tomatoes", split=split)
-    return [{"text": t, "label": int(y)} for t, y in zip(dataset["text"], dataset["label"], strict=True)]
-
-
-# ---------------------------------------------------------------------------------------------- vaderSentiment
-
-
-def _vader_split_file(split: str) -> Path:
-    """cache_dir()/datasets/rotten_tomatoes_vader/{split}.jsonl, made from the (cached) sdist when missing."""
-    folder = cache_dir() / "datasets" / "rotten_tomatoes_vader"
-    files = {name: folder / f"{name}.jsonl" for name in SPLITS}
-    if not all(f.is_file() for f in files.values()):
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, rows in _vader_splits(_parse_vader_snippets(_vader_sdist())).items():
-            _write_jsonl_atomic(files[name], rows)
-    return files[split]
-
-
-def _vader_sdist() -> Path:
-    """The vaderSentiment 3.3.2 sdist in cache_dir()/downloads, fetched with pip once and checked by SHA-256."""
-    downloads = cache_dir() / "downloads"
-    target = downloads / VADER_SDIST
-    if target.is_file() and sha256_of(target) == VADER_SHA256:
-        return target
-    downloads.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=downloads, prefix=".pip-"))
+def _from_hub(sources: Sources, split: str) -> Loaded | str | None:
+    if sources.hub is None:
+        return None
+    reason = hub.skip_reason("datasets")  # datasets retries an unreachable hub for ~25 s: ask first
+    if reason is not None:
+        return f"Hugging Face hub skipped ({reason})"
     try:
-        command = [sys.executable, "-m", "pip", "download", "vaderSentiment==3.3.2", "--no-deps"]
-        command += ["--no-binary", ":all:", "--disable-pip-version-check", "-d", str(staging)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-        fetched = staging / VADER_SDIST
-        if done.returncode != 0 or not fetched.is_file():
-            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-            raise RuntimeError(f"pip download vaderSentiment==3.3.2 failed: {last[0]}")
-        if sha256_of(fetched) != VADER_SHA256:
-            raise RuntimeError(f"{VADER_SDIST} from the package index has an unexpected SHA-256")
-        os.replace(fetched, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _parse_vader_snippets(sdist: Path) -> list[dict]:
-    """Snippets of movieReviewSnippets_GroundTruth.txt (id, mean rating -4..+4, text) as 0/1 rows.
-
-    Rating 0 rows are dropped; a text seen before is dropped too, so the splits cannot share a sentence.
-    """
-    with tarfile.open(sdist) as outer:
-        member = next(m for m in outer.getmembers() if m.name.endswith(VADER_ARCHIVE))
-        archive = outer.extractfile(member).read()
-    with tarfile.open(fileobj=io.BytesIO(archive)) as inner:
-        member = next(m for m in inner.getmembers() if m.name.endswith(VADER_SNIPPETS))
-        text = inner.extractfile(member).read().decode("utf-8")
-    rows, seen = [], set()
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\r").split("\t", 2)
-        if len(parts) != 3:
-            raise ValueError(
-                f"{VADER_SNIPPETS}, line {number}: expected id, rating and text separated by tabs"
-            )
-        rating, snippet = float(parts[1]), parts[2].strip()
-        if rating == 0 or snippet in seen:
-            continue
-        seen.add(snippet)
-        rows.append({"text": snippet, "label": 1 if rating > 0 else 0})
-    return rows
-
-
-def _vader_splits(rows: list[dict]) -> dict[str, list[dict]]:
-    """Shuffle with random.Random(0), then 80% train, 10% validation, 10% test."""
-    rows = list(rows)
-    random.Random(0).shuffle(rows)
-    i1, i2 = int(len(rows) * 0.8), int(len(rows) * 0.9)
-    return {"train": rows[:i1], "validation": rows[i1:i2], "test": rows[i2:]}
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        rows, total, note = sources.hub(split)
+    except UserError:
         raise
+    except Exception as exc:  # any other failure of the hub means: try the next source
+        return f"Hugging Face hub failed ({short_reason(exc, 200)})"
+    where = sources.hub_id or sources.dataset
+    return rows, Provenance(sources.dataset, split, HUB, where, len(rows), total, sources.hub_config, note)
+
+
+def _from_offline(sources: Sources, split: str) -> Loaded | str | None:
+    if sources.offline is None:
+        return None
+    if not sources.offline_name:  # the dataset itself is made here: its errors are the error
+        return sources.offline(split)
+    try:
+        return sources.offline(split)
+    except Exception as exc:  # a stand-in that fails is one more source tried
+        return f"{sources.offline_name} failed ({short_reason(exc, 200)})"
+
+
+def _from_files(sources: Sources, split: str, files: list[Path], presplit: bool, kind: str) -> Loaded:
+    rows, total, note = sources.read(files, split, presplit)
+    return rows, Provenance(sources.dataset, split, kind, files_location(files), len(rows), total, note=note)
+
+
+def files_location(files: list[Path]) -> str:
+    """The file, or for several "FOLDER (n files)"."""
+    return str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"

@@ -12,10 +12,10 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from loralab.data.tables import TABLE_SUFFIXES
 from loralab.errors import UserError
 
 SPLITS = ("train", "validation", "test")
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
 def check_split(split: str) -> None:

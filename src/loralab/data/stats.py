@@ -11,8 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loralab.data.code_sources import load_python_codes_25k, load_stdlib_docstrings
+from loralab.data.sentiment_sources import load_rotten_tomatoes
+from loralab.data.sources import Loaded
 from loralab.data.splits import SPLITS
+from loralab.data.summarization_sources import load_cnn_dailymail, load_xsum
 from loralab.errors import UserError
+from loralab.models.loading import load_tokenizer
 
 TOKEN_SAMPLE = 20_000  # rows per split whose tokens are counted (a fixed random sample beyond that)
 LABEL_WORDS = ("negative", "positive")  # rotten_tomatoes answers, as in the default config
@@ -22,32 +27,25 @@ LABEL_WORDS = ("negative", "positive")  # rotten_tomatoes answers, as in the def
 class Fields:
     """How a dataset's rows read: the prompt field, the answer (field or function), other text fields."""
 
-    load: Callable[[str, str | Path | None], tuple[list[dict], str]]
+    load: Callable[[str, str | Path | None], Loaded]
     prompt: str
     answer: str
     answer_text: Callable[[dict], str]
     extra: tuple[str, ...] = ()  # more fields whose distinct values are counted
 
 
-def _datasets() -> dict[str, Fields]:
-    from loralab.data.code_sources import load_python_codes_25k, load_stdlib_docstrings
-    from loralab.data.sources import load_rotten_tomatoes
-    from loralab.data.summarization_sources import load_cnn_dailymail, load_xsum
-
-    return {
-        "rotten_tomatoes": Fields(
-            load_rotten_tomatoes, "text", "label", lambda row: LABEL_WORDS[int(row["label"])]
-        ),
-        "python_codes_25k": Fields(
-            load_python_codes_25k, "question", "answer", lambda row: row["answer"], ("instruction", "input")
-        ),
-        "stdlib_docstrings": Fields(load_stdlib_docstrings, "question", "answer", lambda row: row["answer"]),
-        "cnn_dailymail": Fields(load_cnn_dailymail, "document", "summary", lambda row: row["summary"]),
-        "xsum": Fields(load_xsum, "document", "summary", lambda row: row["summary"]),
-    }
-
-
-DATASETS = ("rotten_tomatoes", "python_codes_25k", "stdlib_docstrings", "cnn_dailymail", "xsum")
+DATASET_FIELDS = {
+    "rotten_tomatoes": Fields(
+        load_rotten_tomatoes, "text", "label", lambda row: LABEL_WORDS[int(row["label"])]
+    ),
+    "python_codes_25k": Fields(
+        load_python_codes_25k, "question", "answer", lambda row: row["answer"], ("instruction", "input")
+    ),
+    "stdlib_docstrings": Fields(load_stdlib_docstrings, "question", "answer", lambda row: row["answer"]),
+    "cnn_dailymail": Fields(load_cnn_dailymail, "document", "summary", lambda row: row["summary"]),
+    "xsum": Fields(load_xsum, "document", "summary", lambda row: row["summary"]),
+}
+DATASETS = tuple(DATASET_FIELDS)
 
 
 def dataset_stats(name: str, tokenizer, path: str | Path | None = None) -> dict:
@@ -59,16 +57,15 @@ def dataset_stats(name: str, tokenizer, path: str | Path | None = None) -> dict:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if isinstance(tokenizer, str):
-        from loralab.models.loading import load_tokenizer
-
         tokenizer_name, tokenizer = tokenizer, load_tokenizer(tokenizer)
     else:
         tokenizer_name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    fields = _datasets()[name]
+    fields = DATASET_FIELDS[name]
     count = _token_counter(tokenizer)
     sources, splits, everything, seen = {}, {}, [], []
     for split in SPLITS:
-        rows, sources[split] = fields.load(split, path)
+        rows, provenance = fields.load(split, path)
+        sources[split] = provenance.describe()
         splits[split] = _split_stats(rows, fields, count)
         if not any(rows == earlier for earlier in seen):
             everything.extend(rows)

@@ -1,7 +1,7 @@
 """Summarization data: cnn_dailymail (article -> highlights) and xsum (document -> one sentence), as rows
 {"document", "summary", "id"}.
 
-Sources, in order: an explicit path; $LORALAB_DATA_DIR/<name>/{split}.jsonl (a full copy, already split);
+Sources (data.sources' chain), in order: an explicit path; $LORALAB_DATA_DIR/<name>/{split}.jsonl (a full copy, already split);
 $LORALAB_DATA_DIR/summarization_frank_cnndm_xsum/<name>_test_sample.jsonl (the FRANK sample); the Hugging Face
 hub (cnn_dailymail config 3.0.0, EdinburghNLP/xsum), which has real train/validation/test splits.
 
@@ -19,16 +19,21 @@ from __future__ import annotations
 import string
 import unicodedata
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from loralab.data.sources import _hub_skip_reason, _one_line, read_table
-from loralab.data.splits import check_split, explicit_files, hash_split
+from loralab.data.sources import Files, Loaded, Read, Sources, files_location, load_rows
+from loralab.data.splits import explicit_files, hash_split
+from loralab.data.tables import read_table
 from loralab.errors import UserError
-from loralab.files import data_dir
 
 FRANK_FOLDER = "summarization_frank_cnndm_xsum"
 FRANK_REST_FRACTIONS = (0.6, 0.0, 0.4)  # FRANK test + unassigned rows -> train / (none) / test
 GENERIC_COLUMNS = ("document", "summary")
+FRANK_NOTE = (
+    "the FRANK sample: a tiny smoke-test sample, all from the upstream test split, no real training "
+    "data; FRANK validation -> validation, rest 60/40 -> train/test"
+)
 
 
 @dataclass(frozen=True)
@@ -62,76 +67,68 @@ def clean_text(text: str) -> str:
     return " ".join("".join(chars).split())
 
 
-def load_cnn_dailymail(split: str, path: str | Path | None = None) -> tuple[list[dict], str]:
+def load_cnn_dailymail(split: str, path: str | Path | None = None) -> Loaded:
     """`split` of CNN/DailyMail as rows {"document": article, "summary": highlights, "id"}, and where from."""
     return load_summarization("cnn_dailymail", split, path)
 
 
-def load_xsum(split: str, path: str | Path | None = None) -> tuple[list[dict], str]:
-    """`split` of XSum as rows {"document", "summary", "id"}, and a line saying where they came from."""
+def load_xsum(split: str, path: str | Path | None = None) -> Loaded:
+    """`split` of XSum as rows {"document", "summary", "id"}, and where they came from."""
     return load_summarization("xsum", split, path)
 
 
-def load_summarization(name: str, split: str, path: str | Path | None = None) -> tuple[list[dict], str]:
+def load_summarization(name: str, split: str, path: str | Path | None = None) -> Loaded:
     """`split` of corpus `name` (cnn_dailymail or xsum) as rows {"document", "summary", "id"}, and where from."""
     if name not in CORPORA:
         raise UserError(f"unknown summarization dataset {name!r}; use one of {', '.join(CORPORA)}")
-    check_split(split)
     corpus = CORPORA[name]
-    if path is not None:
-        folder = Path(path).expanduser()
-        if folder.is_dir() and (folder / corpus.sample).is_file():  # the FRANK folder itself
-            return _from_files(corpus, split, [folder / corpus.sample], False)
-        files, presplit = explicit_files(path, split)
-        return _from_files(corpus, split, files, presplit)
-
-    tried = []
-    root = data_dir()
-    if root is None:
-        tried.append("LORALAB_DATA_DIR not set")
-    else:
-        full = root / name / f"{split}.jsonl"
-        sample = root / FRANK_FOLDER / corpus.sample
-        if full.is_file():
-            return _from_files(corpus, split, [full], True)
-        if sample.is_file():
-            return _from_files(corpus, split, [sample], False)
-        tried.append(f"neither {full} nor {sample} found")
-
-    reason = _hub_skip_reason()
-    if reason is None:
-        try:
-            rows = _hub_rows(corpus, split)
-            return rows, f"{name}/{split} from the Hugging Face hub {corpus.hub[0]} ({len(rows):,} rows)"
-        except Exception as exc:  # any failure of the hub means: no source left
-            reason = f"failed ({_one_line(exc)})"
-    tried.append(f"Hugging Face hub {reason}")
-    raise UserError(
-        f"no {name}/{split} data found (tried: {'; '.join(tried)}); set LORALAB_DATA_DIR to a folder holding "
-        f"{FRANK_FOLDER}/{corpus.sample} or pass a data path"
+    sources = Sources(
+        name,
+        files_at=partial(_files_at, corpus),
+        files_in=partial(_files_in_data_dir, corpus),
+        read=partial(_read, corpus),
+        wanted=f"{FRANK_FOLDER}/{corpus.sample}",
+        hub=partial(_hub_rows, corpus),
+        hub_id=corpus.hub[0],
+        hub_config=corpus.hub[1],
     )
+    return load_rows(sources, split, path)
 
 
-def _from_files(corpus: Corpus, split: str, files: list[Path], presplit: bool) -> tuple[list[dict], str]:
+def _files_at(corpus: Corpus, path: str | Path, split: str) -> Files:
+    folder = Path(path).expanduser()
+    if folder.is_dir() and (folder / corpus.sample).is_file():  # the FRANK folder itself
+        return [folder / corpus.sample], False
+    return explicit_files(path, split)
+
+
+def _files_in_data_dir(corpus: Corpus, root: Path, split: str) -> Files | str:
+    full = root / corpus.name / f"{split}.jsonl"
+    sample = root / FRANK_FOLDER / corpus.sample
+    if full.is_file():
+        return [full], True
+    if sample.is_file():
+        return [sample], False
+    return f"neither {full} nor {sample} found"
+
+
+def _read(corpus: Corpus, files: list[Path], split: str, presplit: bool) -> Read:
     rows: list[dict] = []
     for file in files:
         rows.extend(_summary_rows(corpus, file, read_table(file, [])))
-    where = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
-    label = f"{corpus.name}/{split}"
     if presplit:
-        return [_without_frank(row) for row in rows], f"{label} from {where} ({len(rows):,} rows)"
+        return [_without_frank(row) for row in rows], None, ""
     if all("frank_split" in row for row in rows):
-        chosen = frank_splits(rows)[split]
-        how = (
-            f"{len(chosen):,} of the {len(rows):,} rows of the FRANK sample: a tiny smoke-test sample, all from the "
-            "upstream test split, no real training data; FRANK validation -> validation, rest 60/40 -> train/test"
-        )
+        chosen, note = frank_splits(rows)[split], FRANK_NOTE
     else:
         chosen = hash_split(rows, lambda row: [row["document"]], corpus.name)[split]
-        how = f"{len(chosen):,} rows of {len(rows):,}; own 80/10/10 hash split"
+        note = "own 80/10/10 hash split"
     if not chosen:
-        raise UserError(f"{label} from {where} is empty ({len(rows)} rows in all); use a larger data file")
-    return [_without_frank(row) for row in chosen], f"{label} from {where} ({how})"
+        raise UserError(
+            f"{corpus.name}/{split} from {files_location(files)} is empty ({len(rows)} rows in all); "
+            "use a larger data file"
+        )
+    return [_without_frank(row) for row in chosen], len(rows), note
 
 
 def _without_frank(row: dict) -> dict:
@@ -177,13 +174,16 @@ def frank_splits(rows: list[dict]) -> dict[str, list[dict]]:
     return {"train": parts["train"], "validation": validation, "test": parts["test"]}
 
 
-def _hub_rows(corpus: Corpus, split: str) -> list[dict]:
+def _hub_rows(corpus: Corpus, split: str) -> Read:
+    # imported here: datasets takes seconds to import and only the hub step needs it (`loralab --help`
+    # and runs on local data stay fast)
     import datasets
 
     hub_id, config = corpus.hub
     dataset = datasets.load_dataset(hub_id, config, split=split)
     document, summary = corpus.columns
-    return [
+    rows = [
         {"document": record[document], "summary": record[summary], "id": str(record.get("id", i))}
         for i, record in enumerate(dataset, 1)
     ]
+    return rows, None, ""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 import re
 import sys
 import zlib
@@ -26,7 +25,7 @@ from pathlib import Path
 from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.evaluation.metrics import pass_at_k
-from loralab.files import data_dir
+from loralab.files import data_dir, json_lines
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code")
@@ -140,15 +139,7 @@ def _read_jsonl(file: Path, fields: Sequence[str], types: dict[str, type]) -> li
     except UnicodeDecodeError as exc:
         raise UserError(f"{file} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
     rows = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{file}, line {number}: not valid JSON ({exc.msg}); fix or remove that line"
-            ) from None
+    for number, record in json_lines(text, file):
         if not isinstance(record, dict):
             raise UserError(f"{file}, line {number}: expected a JSON object with {', '.join(fields)}; fix it")
         missing = [field for field in fields if field not in record]
@@ -170,11 +161,6 @@ def _read_jsonl(file: Path, fields: Sequence[str], types: dict[str, type]) -> li
 
 
 # ---------------------------------------------------------------------------------------------- prompts and programs
-
-
-def humaneval_prompt(problem: dict) -> str:
-    """The problem's own prompt: imports, the function signature and its docstring; the model writes the body."""
-    return problem["prompt"]
 
 
 def mbpp_prompt(problem: dict) -> str:

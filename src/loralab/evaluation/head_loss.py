@@ -54,8 +54,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):  # noqa: D102
         saved = iter(ctx.saved_tensors)
-        grads = [(next(saved) * grad_loss).to(dtype) if present else None
-                 for present, dtype in zip(ctx.present, ctx.dtypes, strict=True)]  # fmt: skip
+        grads = [
+            (next(saved) * grad_loss).to(dtype) if present else None
+            for present, dtype in zip(ctx.present, ctx.dtypes, strict=True)
+        ]
         return grads[0], grads[1], grads[2], None, None
 
 

@@ -54,9 +54,11 @@ def packing_problem(model: torch.nn.Module, max_length: int, kind: str = "causal
         return "packing works for causal language models only; set packing = false for this model"
     window = getattr(config, "sliding_window", None)
     if window and window < max_length and getattr(config, "use_sliding_window", True):
-        return (f"this model's sliding window of {window} tokens is shorter than a packed row (max_length "
-                f"{max_length}): one mask cannot serve its full and sliding layers; lower max_length to {window} "
-                "or set packing = false")  # fmt: skip
+        return (
+            f"this model's sliding window of {window} tokens is shorter than a packed row (max_length "
+            f"{max_length}): one mask cannot serve its full and sliding layers; lower max_length to {window} "
+            "or set packing = false"
+        )
     return None
 
 
@@ -86,8 +88,12 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     # logits at column c predict the token at column c + 1
     predictions = logits[:, :-1]
     targets = labels[:, width - keep + 1 :]
-    loss = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")  # fmt: skip
+    loss = F.cross_entropy(
+        predictions.reshape(-1, predictions.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
     return loss, int((targets != IGNORE).sum())
 
 
@@ -99,15 +105,20 @@ def seq2seq_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     """
     labels = batch["labels"]
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=decoder_input_ids).logits  # fmt: skip
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")  # fmt: skip
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_input_ids,
+    ).logits
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, int((labels != IGNORE).sum())
 
 
-def label_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                   correct: list[int] | None = None) -> tuple[torch.Tensor, int]:  # fmt: skip
+def label_loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], correct: list[int] | None = None
+) -> tuple[torch.Tensor, int]:
     """(sum of cross-entropies, number of examples) for a classification batch from data.collate_labelled;
     with `correct`, the number of rows whose top class is the label is appended to it (same forward pass)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from loralab.errors import UserError
 
+# loralab.config reads both modes from this file's source (config/registries.py): keep them literal
 BIAS_MODES = ("none", "all", "lora_only")
 INIT_MODES = ("kaiming", "gaussian")
 QKV_PARTS = ("q", "k", "v")

@@ -10,7 +10,8 @@ from torch import nn
 
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
-from loralab.lora.layer import LoRALinear, is_linear, linear_shape
+from loralab.lora.layer import DEFAULT_ADAPTER, LoRALinear, is_linear, linear_shape
+from loralab.lora.qkv import qkv_row_ranges
 
 ALL_LINEAR = "all-linear"
 
@@ -49,45 +50,48 @@ def find_target_modules(model: nn.Module, config: LoRAConfig, include_wrapped: b
     """Names of the linear layers that `config.target_modules` selects; UserError if a target matches none.
     With `include_wrapped`, layers that already carry LoRA (another adapter's) are candidates too."""
     linear = linear_module_names(model, include_wrapped)
-    excluded = set(config.modules_to_save)
     targets = config.target_modules
     if targets == ALL_LINEAR:
-        heads = _output_head_names(model)
+        heads, excluded = _output_head_names(model), config.modules_to_save
         chosen = [n for n in linear if n not in heads and not any(_matches_suffix(n, m) for m in excluded)]
     elif isinstance(targets, str):
-        try:
-            pattern = re.compile(targets)
-        except re.error as exc:
-            raise UserError(f"target_modules regex {targets!r} is invalid ({exc}); fix the pattern") from None
-        chosen = [n for n in linear if pattern.fullmatch(n)]
-        if not chosen:
-            raise UserError(
-                f"target_modules regex {targets!r} matches no linear layer; "
-                f"this model's linear layers are named: {_describe_linear_names(model)}"
-            )
+        chosen = _matching_regex(model, linear, targets)
     else:
-        chosen = []
-        all_names = {name for name, _ in model.named_modules()}
-        for target in targets:
-            hits = [n for n in linear if _matches_suffix(n, target)]
-            if not hits:
-                what = (
-                    "is not a linear layer"
-                    if any(_matches_suffix(n, target) for n in all_names)
-                    else ("matches no module")
-                )
-                raise UserError(
-                    f"target module {target!r} {what}; "
-                    f"this model's linear layers are named: {_describe_linear_names(model)}"
-                )
-            chosen.extend(hits)
-        chosen = [n for n in linear if n in set(chosen)]  # model order, no duplicates
+        chosen = _matching_suffixes(model, linear, targets)
     if not chosen:
         raise UserError(
             f"no linear layer to adapt; this model's linear layers are: {_describe_linear_names(model)}"
         )
     _refuse_tied_weights(model, chosen)
     return chosen
+
+
+def _matching_regex(model: nn.Module, linear: list[str], regex: str) -> list[str]:
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise UserError(f"target_modules regex {regex!r} is invalid ({exc}); fix the pattern") from None
+    chosen = [n for n in linear if pattern.fullmatch(n)]
+    if not chosen:
+        raise UserError(
+            f"target_modules regex {regex!r} matches no linear layer; "
+            f"this model's linear layers are named: {_describe_linear_names(model)}"
+        )
+    return chosen
+
+
+def _matching_suffixes(model: nn.Module, linear: list[str], targets: tuple[str, ...]) -> list[str]:
+    chosen = set()
+    for target in targets:
+        hits = [n for n in linear if _matches_suffix(n, target)]
+        if not hits:
+            named = any(_matches_suffix(n, target) for n, _ in model.named_modules())
+            raise UserError(
+                f"target module {target!r} {'is not a linear layer' if named else 'matches no module'}; "
+                f"this model's linear layers are named: {_describe_linear_names(model)}"
+            )
+        chosen.update(hits)
+    return [n for n in linear if n in chosen]  # model order, no duplicates
 
 
 def _refuse_tied_weights(model: nn.Module, chosen: list[str]) -> None:
@@ -104,55 +108,33 @@ def _refuse_tied_weights(model: nn.Module, chosen: list[str]) -> None:
             )
 
 
-def qkv_row_ranges(name: str, module: nn.Module, parts: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Row ranges of the chosen q/k/v parts in a fused projection whose output is three equal blocks."""
-    d_in, d_out = linear_shape(module)
-    if d_out % 3 != 0:
-        raise UserError(
-            f"qkv_parts needs fused q,k,v layers with three equal output blocks, but {name} has "
-            f"{d_out} outputs; target only fused layers (e.g. c_attn) or drop qkv_parts"
-        )
-    block = d_out // 3
-    return [("qkv".index(p) * block, ("qkv".index(p) + 1) * block) for p in sorted(parts, key="qkv".index)]
-
-
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
 
 
-def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+def apply_lora(model: nn.Module, config: LoRAConfig, *, name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Wrap the selected layers in LoRALinear (in place), freeze everything else, and return the model.
 
     What trains afterwards: every lora_A / lora_B, the biases that `config.bias` names, and the parameters of
-    `config.modules_to_save`. The config is kept on the model as `model.lora_config` for saving.
+    `config.modules_to_save`. The config is kept on the model as `model.lora_config` for saving; `name` is the
+    adapter's name in the layers (adapters.py loads more adapters beside it).
     """
     if getattr(model, "lora_config", None) is not None:
         raise UserError(
             "this model already has LoRA layers; load a fresh base model before applying LoRA again"
         )
     names = find_target_modules(model, config)
-    for name in names:
-        base = model.get_submodule(name)
-        parts = qkv_row_ranges(name, base, config.qkv_parts) if config.qkv_parts else None
-        layer = LoRALinear(
-            base,
-            config.r,
-            config.alpha,
-            config.dropout,
-            config.init,
-            config.use_rslora,
-            parts,
-            config.use_dora,
-        )
-        layer.train(model.training)
-        set_submodule(model, name, layer)
+    for target in names:
+        base = model.get_submodule(target)
+        parts = qkv_row_ranges(target, linear_shape(base)[1], config.qkv_parts) if config.qkv_parts else None
+        set_submodule(model, target, LoRALinear(base, config, parts, name).train(model.training))
     model.lora_config = config
     model.lora_target_names = names
     mark_only_lora_as_trainable(model, config.bias)
-    for name in _modules_to_save(model, config.modules_to_save):
-        for param in model.get_submodule(name).parameters():
+    for module_name in _modules_to_save(model, config.modules_to_save):
+        for param in model.get_submodule(module_name).parameters():
             param.requires_grad_(True)
     return model
 
@@ -173,12 +155,13 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     """(name, layer) for every LoRALinear of the active adapter (with several adapters loaded, a layer that
     only other adapters touch is left out)."""
     for name, module in model.named_modules():
-        if isinstance(module, LoRALinear) and module.present:
+        if isinstance(module, LoRALinear) and module.adapter is not None:
             yield name, module
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
-    """Freeze every parameter except lora_A / lora_B (and DoRA's magnitudes) and, per `bias`, "all" biases or those of LoRA layers."""
+    """Freeze every parameter except lora_A / lora_B (and DoRA's magnitudes) and, per `bias`, "all" biases or
+    those of LoRA layers."""
     for name, param in model.named_parameters():
         param.requires_grad_(name.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "lora_magnitude_vector"))
     if bias == "all":

@@ -2,12 +2,14 @@
 
     adapter_config.json          peft's LoraConfig fields (peft_type "LORA", r, lora_alpha, target_modules, ...)
     adapter_model.safetensors    base_model.model.<module>.lora_A.weight (r×d_in), ...lora_B.weight (d_out×r),
+                                 base_model.model.<module>.lora_magnitude_vector (DoRA's m, d_out),
                                  base_model.model.<module>.bias (trained biases),
                                  base_model.model.<module>.<param> (modules_to_save)
     loralab.json                 loralab's own LoRAConfig (peft ignores this file)
 
 A fused-qkv subset (qkv_parts) is stored the way peft can read it: A = [A_q; A_v], B = the d_out×2r block
 matrix, with rank_pattern / alpha_pattern so that peft's alpha'/r' equals our alpha/r. Tensors only; no pickle.
+This module is the only reader and writer of these files; each LoRA layer's part is its active adapter's.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from torch import nn
 from loralab.errors import UserError
 from loralab.files import read_json_object, read_tensors, write_atomically, write_text_atomically
 from loralab.lora.config import LoRAConfig
-from loralab.lora.inject import apply_lora, linear_module_names, lora_layers
+from loralab.lora.inject import linear_module_names, lora_layers
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 LORALAB_FILE = "loralab.json"
 PREFIX = "base_model.model."
+MAGNITUDE = "lora_magnitude_vector"
 
 
 def _peft_target_modules(model: nn.Module, adapted: list[str]) -> list[str] | str:
@@ -57,10 +60,11 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     config: LoRAConfig = model.lora_config
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.full_B().detach()
-        if layer.use_dora:
-            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector.detach()
+        update = layer.adapter
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = update.lora_A.detach()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = update.full_B().detach()
+        if update.use_dora:
+            tensors[f"{PREFIX}{name}.{MAGNITUDE}"] = update.lora_magnitude_vector.detach()
     if config.bias != "none":  # peft's names: a LoRA layer's own bias stays under base_layer
         for name, param in model.named_parameters():
             if name.endswith("bias") and param.requires_grad:
@@ -78,8 +82,8 @@ def peft_config_dict(model: nn.Module, base_model_name: str | None = None) -> di
     config: LoRAConfig = model.lora_config
     rank_pattern, alpha_pattern = {}, {}
     for name, layer in lora_layers(model):
-        if layer.parts:
-            k = len(layer.parts)
+        if layer.adapter.parts:
+            k = len(layer.adapter.parts)
             rank_pattern[name] = k * config.r
             # peft scales by alpha'/r' (or alpha'/sqrt(r')); pick alpha' so the scale equals ours.
             alpha_pattern[name] = config.alpha * (k**0.5 if config.use_rslora else k)
@@ -132,8 +136,10 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
         try:
             return LoRAConfig(**_read_json(ours)["lora_config"])
         except (KeyError, TypeError) as exc:
-            raise UserError(f"{ours} is not a loralab adapter config ({type(exc).__name__}: {exc}); "
-                            "save the adapter again (loralab train)") from None  # fmt: skip
+            raise UserError(
+                f"{ours} is not a loralab adapter config ({type(exc).__name__}: {exc}); "
+                "save the adapter again (loralab train)"
+            ) from None
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise UserError(
@@ -143,8 +149,9 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
     try:
         return _from_peft_config(path, peft)
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path} is not a LoRA adapter config ({type(exc).__name__}: {exc}); "
-                        "save the adapter again") from None  # fmt: skip
+        raise UserError(
+            f"{path} is not a LoRA adapter config ({type(exc).__name__}: {exc}); save the adapter again"
+        ) from None
 
 
 def _from_peft_config(path: Path, peft: dict) -> LoRAConfig:
@@ -169,31 +176,6 @@ def _from_peft_config(path: Path, peft: dict) -> LoRAConfig:
     )
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None) -> nn.Module:
-    """Apply the saved config to a fresh base model and load the adapter weights into it (in place).
-
-    With `name`, the model may hold adapters already: this one is loaded beside them under `name` (the first
-    one loaded becomes the active adapter; switch with adapters.set_adapter).
-    """
-    from loralab.lora import adapters
-
-    directory = Path(directory)
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise UserError(f"{directory} has no {WEIGHTS_FILE}; pass the folder save_adapter wrote")
-    if name is not None and getattr(model, "lora_config", None) is not None:
-        return adapters.add_adapter(model, directory, name)
-    config = read_adapter_config(directory)
-    try:
-        apply_lora(model, config)
-    except UserError as exc:
-        raise UserError(f"adapter {directory} was made for another model ({exc}); load it onto the base model "
-                        "it was trained on") from None  # fmt: skip
-    load_adapter_weights(model, directory)
-    if name is not None:
-        adapters.register_first(model, name)
-    return model
-
-
 def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Copy an adapter folder's tensors into a model that already has the same LoRA layers."""
     directory = Path(directory)
@@ -203,8 +185,10 @@ def load_adapter_weights(model: nn.Module, directory: str | os.PathLike) -> nn.M
     if missing:
         unknown = sorted(set(saved) - set(expected))
         other = f", and holds {len(unknown)} this model lacks (first: {unknown[0]})" if unknown else ""
-        raise UserError(f"adapter {directory} lacks {len(missing)} tensors this model needs (first: {missing[0]})"
-                        f"{other}; load it onto the base model it was trained on")  # fmt: skip
+        raise UserError(
+            f"adapter {directory} lacks {len(missing)} tensors this model needs (first: {missing[0]})"
+            f"{other}; load it onto the base model it was trained on"
+        )
     layers = dict(lora_layers(model))
     with torch.no_grad():
         for key in expected:
@@ -223,20 +207,12 @@ def _load_tensor(model: nn.Module, name: str, value: torch.Tensor, layers: dict)
     module_name, _, leaf = name.rpartition(".")
     if leaf == "weight" and module_name.endswith((".lora_A", ".lora_B")):
         layer_name, _, which = module_name.rpartition(".")
-        layer = layers[layer_name]
+        update = layers[layer_name].adapter
         if which == "lora_A":
-            layer.lora_A.copy_(value)
+            update.lora_A.copy_(value)
         else:
-            layer.lora_B.copy_(_compact_B(layer, value))
-        return
-    model.get_parameter(name).copy_(value)
-
-
-def _compact_B(layer, full: torch.Tensor) -> torch.Tensor:
-    """Undo LoRALinear.full_B: pick each part's B_i out of the block matrix."""
-    if layer.parts is None:
-        return full
-    blocks = [
-        full[start:stop, i * layer.r : (i + 1) * layer.r] for i, (start, stop) in enumerate(layer.parts)
-    ]
-    return torch.cat(blocks, dim=0)
+            update.lora_B.copy_(update.compact_B(value))
+    elif leaf == MAGNITUDE and module_name in layers:
+        layers[module_name].adapter.lora_magnitude_vector.copy_(value)
+    else:
+        model.get_parameter(name).copy_(value)

@@ -158,8 +158,13 @@ class NF4Linear(nn.Module):
 
 def to_linear(layer: NF4Linear) -> nn.Linear:
     """A full-precision nn.Linear holding the dequantized weight (e.g. to merge LoRA without re-rounding)."""
-    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                       device=layer.codes.device, dtype=layer.compute_dtype)  # fmt: skip
+    linear = nn.Linear(
+        layer.in_features,
+        layer.out_features,
+        bias=layer.bias is not None,
+        device=layer.codes.device,
+        dtype=layer.compute_dtype,
+    )
     with torch.no_grad():
         linear.weight.copy_(layer.dequantized())
         if layer.bias is not None:

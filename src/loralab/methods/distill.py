@@ -13,6 +13,7 @@ Validation loss is the plain cross-entropy in both cases, so the two are compara
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -27,9 +28,15 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from loralab.config import RunConfig, load_config, read_run_config
+from loralab.data.encoding import collate_inputs, collate_prompts, encode_prompt, to_device
 from loralab.errors import UserError
+from loralab.evaluation.loss import accepts
 from loralab.files import read_tensors, write_atomically
+from loralab.methods.base import Method
 from loralab.methods.partial import load_trained, save_trained, unfreeze
+from loralab.models.detect import model_kind
+from loralab.models.loading import load_model_and_tokenizer, load_tokenizer
+from loralab.tasks import get_task
 
 RNN_STUDENTS = ("gru", "lstm")
 CACHE_FILE = "teacher_logits.safetensors"
@@ -38,8 +45,15 @@ CACHE_FILE = "teacher_logits.safetensors"
 class RNNForSequenceClassification(nn.Module):
     """Token embedding → one-layer GRU/LSTM → linear layer on the hidden state after the last real token."""
 
-    def __init__(self, vocab_size: int, num_labels: int, cell: str = "gru", embedding_dim: int = 128,
-                 hidden_size: int = 256, pad_id: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int,
+        num_labels: int,
+        cell: str = "gru",
+        embedding_dim: int = 128,
+        hidden_size: int = 256,
+        pad_id: int = 0,
+    ) -> None:
         super().__init__()
         self.config = SimpleNamespace(
             model_type=f"rnn-{cell}", is_encoder_decoder=False, num_labels=num_labels
@@ -56,8 +70,9 @@ class RNNForSequenceClassification(nn.Module):
             if attention_mask is not None
             else torch.full_like(input_ids[:, 0], input_ids.shape[1])
         )
-        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(input_ids), lengths.cpu().clamp_min(1),
-                                                   batch_first=True, enforce_sorted=False)  # fmt: skip
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embedding(input_ids), lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False
+        )
         _, hidden = self.rnn(packed)
         last = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]  # LSTM returns (h, c)
         return SequenceClassifierOutput(logits=self.classifier(last))
@@ -65,36 +80,58 @@ class RNNForSequenceClassification(nn.Module):
 
 def build_model(config: RunConfig, device: torch.device) -> tuple[nn.Module, object]:
     """The untrained student and its tokenizer."""
-    from loralab.models.loading import load_model_and_tokenizer, load_tokenizer
-
     if config.student not in RNN_STUDENTS:
-        return load_model_and_tokenizer(config.student, device, kind="classifier", num_labels=len(config.label_words),
-                                        trust_remote_code=config.trust_remote_code)  # fmt: skip
+        return load_model_and_tokenizer(
+            config.student,
+            device,
+            kind="classifier",
+            num_labels=len(config.label_words),
+            trust_remote_code=config.trust_remote_code,
+        )
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     torch.manual_seed(config.seed)
-    student = RNNForSequenceClassification(len(tokenizer), len(config.label_words), config.student,
-                                           config.student_embedding_dim, config.student_hidden_size,
-                                           tokenizer.pad_token_id or 0)  # fmt: skip
+    student = RNNForSequenceClassification(
+        len(tokenizer),
+        len(config.label_words),
+        config.student,
+        config.student_embedding_dim,
+        config.student_hidden_size,
+        tokenizer.pad_token_id or 0,
+    )
     return student.to(device), tokenizer
 
 
-def distillation_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-                          alpha: float, temperature: float) -> torch.Tensor:  # fmt: skip
+def distillation_loss_sum(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
     """Summed over the batch: a·T²·KL(teacher_T ‖ student_T) + (1 − a)·CE (Hinton et al. 2015, eq. 2 and after)."""
     ce = F.cross_entropy(student_logits.float(), labels, reduction="sum")
     if alpha == 0 or teacher_logits is None:
         return ce
     t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
-                  log_target=True, reduction="sum")  # fmt: skip
+    kl = F.kl_div(
+        F.log_softmax(student_logits.float() / t, -1),
+        F.log_softmax(teacher_logits.float() / t, -1),
+        log_target=True,
+        reduction="sum",
+    )
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
 def training_loss(config: RunConfig, kind) -> Callable:
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = distillation_loss_sum(logits, batch.get("teacher_logits"), batch["labels"], config.distill_alpha,
-                                     config.distill_temperature)  # fmt: skip
+        loss = distillation_loss_sum(
+            logits,
+            batch.get("teacher_logits"),
+            batch["labels"],
+            config.distill_alpha,
+            config.distill_temperature,
+        )
         return loss, int(batch["labels"].numel())
 
     return loss_sum
@@ -107,36 +144,47 @@ def _teacher_config(config: RunConfig) -> tuple[RunConfig, Path | None]:
             raise UserError(f"teacher run {folder} has no adapter/ yet; finish training it first")
         teacher = read_run_config(folder / "config.json")
         return load_config(None, ["--device=" + config.device], base=teacher), folder
-    return load_config(None, [f"--model={config.teacher}", f"--task={config.task}", f"--device={config.device}",
-                              f"--max_length={config.max_length}"]), None  # fmt: skip
+    return load_config(
+        None,
+        [
+            f"--model={config.teacher}",
+            f"--task={config.task}",
+            f"--device={config.device}",
+            f"--max_length={config.max_length}",
+        ],
+    ), None
 
 
 @torch.no_grad()
-def compute_teacher_logits(config: RunConfig, rows: list[dict]) -> torch.Tensor:
-    """The teacher's class logits (N × classes) for `rows`, with the teacher's own prompt and tokenizer."""
-    from loralab.data.encoding import collate_inputs, collate_prompts, encode_prompt
-    from loralab.evaluation.loss import accepts
-    from loralab.models.loading import model_kind
-    from loralab.tasks import get_task
-    from loralab.training.run_model import load_for_inference
+def compute_teacher_logits(config: RunConfig, rows: list[dict], load_run: Callable) -> torch.Tensor:
+    """The teacher's class logits (N × classes) for `rows`, with the teacher's own prompt and tokenizer.
 
+    `load_run(config, run_dir)` loads the teacher: a finished run's result on its base model, or with
+    run_dir None a model by name (the training layer passes loralab.training.run_model.load_for_inference).
+    """
     teacher_config, run = _teacher_config(config)
     if teacher_config.task != config.task:
         raise UserError(f"the teacher was trained on {teacher_config.task}, the student on {config.task}")
     task = get_task(config.task)
-    model, tokenizer, device, _ = load_for_inference(teacher_config, run)
+    model, tokenizer, device, _ = load_run(teacher_config, run)
     kind = model_kind(model.model if hasattr(model, "prompt") else model)
     if kind == "causal":  # the first token of each label word's answer, read after the prompt
-        ids = [tokenizer(task.answer(teacher_config, {"label": i}), add_special_tokens=False)["input_ids"][0]
-               for i in range(len(teacher_config.label_words))]  # fmt: skip
+        ids = [
+            tokenizer(task.answer(teacher_config, {"label": i}), add_special_tokens=False)["input_ids"][0]
+            for i in range(len(teacher_config.label_words))
+        ]
         if len(set(ids)) != len(ids):
             raise UserError(
                 "the teacher's label words start with the same token; it cannot give class logits"
             )
     elif kind != "classifier":
         raise UserError(f"a {kind} teacher gives no class logits; use a causal LM or classifier run")
-    prompts = [encode_prompt(tokenizer, teacher_config.template, task.input_text(teacher_config, r),
-                             teacher_config.max_length) for r in rows]  # fmt: skip
+    prompts = [
+        encode_prompt(
+            tokenizer, teacher_config.template, task.input_text(teacher_config, r), teacher_config.max_length
+        )
+        for r in rows
+    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = torch.empty(len(prompts), len(teacher_config.label_words))
     size = teacher_config.eval_batch_size
@@ -147,18 +195,18 @@ def compute_teacher_logits(config: RunConfig, rows: list[dict]) -> torch.Tensor:
             keep = (
                 {"logits_to_keep": 1} if accepts(type(model), "logits_to_keep") else {}
             )  # the LM head on one position
-            logits = model(**{k: v.to(device) for k, v in batch.items()}, **keep).logits[:, -1, ids]
+            logits = model(**to_device(batch, device), **keep).logits[:, -1, ids]
         else:
             batch = collate_inputs([prompts[i] for i in rows_], tokenizer.pad_token_id)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            logits = model(**to_device(batch, device)).logits
         out[rows_] = logits.float().cpu()
     return out
 
 
-def attach_teacher(config: RunConfig, rows: list[dict], examples: list, out: Path) -> list:
+def attach_teacher(
+    config: RunConfig, rows: list[dict], examples: list, out: Path, load_run: Callable
+) -> list:
     """The training examples with the teacher's logits (cached in out/teacher_logits.safetensors)."""
-    import dataclasses
-
     if config.distill_alpha == 0:
         return examples
     # the key changes with the examples and with the teacher's saved weights (a retrained teacher is new)
@@ -173,7 +221,7 @@ def attach_teacher(config: RunConfig, rows: list[dict], examples: list, out: Pat
         saved = read_tensors(cache, "delete it, and loralab computes the teacher's logits again")
         logits = saved.get(key[:32])
     if logits is None:
-        logits = compute_teacher_logits(config, rows)
+        logits = compute_teacher_logits(config, rows, load_run)
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(cache, lambda p: save_file({key[:32]: logits.contiguous()}, p))
     return [
@@ -195,3 +243,15 @@ def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
 
 # a fresh base model and one this method prepared take the saved parameters the same way
 load = restore = load_trained
+
+METHOD = Method(
+    "distill",
+    prepare,
+    save,
+    load,
+    restore,
+    build_model=build_model,
+    attach_teacher=attach_teacher,
+    training_loss=training_loss,
+    torchrun=False,
+)

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from loralab.config import RunConfig
+from loralab.methods.base import Method
 from loralab.methods.partial import load_trained, save_trained, unfreeze
 
 
@@ -23,3 +24,5 @@ def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
 
 # a fresh base model and one this method prepared take the saved parameters the same way
 load = restore = load_trained
+
+METHOD = Method("full", prepare, save, load, restore)

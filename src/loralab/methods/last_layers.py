@@ -13,8 +13,10 @@ from torch import nn
 
 from loralab.config import RunConfig
 from loralab.errors import UserError
+from loralab.methods.base import Method
 from loralab.methods.partial import freeze, load_trained, save_trained, unfreeze
 from loralab.models.parts import extra_modules_to_save
+from loralab.naming import module_name
 
 
 def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -37,8 +39,8 @@ def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def output_head(model: nn.Module) -> list[str]:
     """The name of the output layer: the LM head, or a classification head."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = [name for name, module in model.named_modules() if head is not None and module is head]
-    return names[:1]
+    name = module_name(model, head)
+    return [] if name is None else [name]
 
 
 def prepare(
@@ -65,3 +67,5 @@ def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
 
 # a fresh base model and one this method prepared take the saved parameters the same way
 load = restore = load_trained
+
+METHOD = Method("last_layers", prepare, save, load, restore)

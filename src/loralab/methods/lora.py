@@ -9,6 +9,7 @@ from torch import nn
 
 from loralab.config import RunConfig
 from loralab.lora import apply_lora, load_adapter, load_adapter_weights, save_adapter
+from loralab.methods.base import Method
 from loralab.models.parts import extra_modules_to_save
 
 
@@ -39,3 +40,6 @@ def load(model: nn.Module, directory: Path) -> nn.Module:
 def restore(model: nn.Module, directory: Path) -> nn.Module:
     """Load saved weights into a model that `prepare` already adapted (e.g. the best checkpoint)."""
     return load_adapter_weights(model, directory)
+
+
+METHOD = Method("lora", prepare, save, load, restore)

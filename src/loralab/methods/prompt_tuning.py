@@ -21,7 +21,8 @@ from torch import nn
 from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.evaluation.loss import accepts
-from loralab.files import read_tensors, write_atomically, write_text_atomically
+from loralab.files import read_json_object, read_tensors, write_atomically, write_text_atomically
+from loralab.methods.base import Method
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -57,8 +58,14 @@ class PromptTuned(nn.Module):
             "attention_mask": torch.cat([ones, attention_mask], 1),
         }
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0, **kwargs):  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ):
         """The wrapped model's output for the same positions as without the prompt (its logits are cut off)."""
         inputs = self._with_prompt(input_ids, attention_mask)
         if getattr(self.model.config, "is_encoder_decoder", False):
@@ -100,11 +107,15 @@ def prepare(
     model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = (), tokenizer=None
 ) -> nn.Module:
     if extra_modules:
-        raise UserError("prompt_tuning keeps the model frozen; it cannot train the code vocabulary's embeddings "
-                        "(set code_vocab = false)")  # fmt: skip
+        raise UserError(
+            "prompt_tuning keeps the model frozen; it cannot train the code vocabulary's embeddings "
+            "(set code_vocab = false)"
+        )
     if type(model).__name__.endswith("ForSequenceClassification"):
-        raise UserError("prompt_tuning needs a language model (causal or seq2seq), not a classification head; "
-                        "use model_kind causal, or another method")  # fmt: skip
+        raise UserError(
+            "prompt_tuning needs a language model (causal or seq2seq), not a classification head; "
+            "use model_kind causal, or another method"
+        )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     prompt = initial_prompt(model, config.n_virtual_tokens, config.prompt_init_text, tokenizer, config.seed)
@@ -137,12 +148,9 @@ def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
 
 def _read_prompt(directory: Path) -> torch.Tensor:
     path = Path(directory) / WEIGHTS_FILE
-    try:
-        meta = json.loads((Path(directory) / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(
-            f"cannot read {directory / CONFIG_FILE} ({exc}); is it a prompt-tuning run?"
-        ) from None
+    meta = read_json_object(
+        Path(directory) / CONFIG_FILE, "a prompt-tuning config", "is it a prompt-tuning run?"
+    )
     if meta.get("peft_type") != "PROMPT_TUNING" or not path.is_file():
         raise UserError(f"{directory} holds no soft prompt (peft_type {meta.get('peft_type')!r})")
     saved = read_tensors(path, "train the run again (or resume it) to write it anew")
@@ -155,8 +163,10 @@ def load(model: nn.Module, directory: Path) -> nn.Module:
     prompt = _read_prompt(directory)
     width = model.get_input_embeddings().embedding_dim
     if prompt.shape[1] != width:
-        raise UserError(f"the prompt in {directory} is {prompt.shape[1]} wide, this model's embeddings {width}; "
-                        "load it onto the model it was trained with")  # fmt: skip
+        raise UserError(
+            f"the prompt in {directory} is {prompt.shape[1]} wide, this model's embeddings {width}; "
+            "load it onto the model it was trained with"
+        )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return PromptTuned(model, prompt)
@@ -166,3 +176,6 @@ def restore(model: nn.Module, directory: Path) -> nn.Module:
     with torch.no_grad():
         model.prompt.copy_(_read_prompt(directory))
     return model
+
+
+METHOD = Method("prompt_tuning", prepare, save, load, restore)

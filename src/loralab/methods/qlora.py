@@ -18,11 +18,12 @@ from torch import nn
 
 from loralab.config import RunConfig
 from loralab.errors import UserError
-from loralab.files import write_text_atomically
+from loralab.files import read_json_object, write_text_atomically
 from loralab.lora import load_adapter
 from loralab.lora.inject import all_lora_layers
 from loralab.lora.nf4 import BLOCK_SIZE, NF4Linear, to_linear
-from loralab.methods import lora
+from loralab.methods.base import Method
+from loralab.methods.lora import METHOD as LORA
 
 QUANT_FILE = "quantization.json"
 
@@ -31,8 +32,10 @@ def quantize_base(model: nn.Module, double_quant: bool = True) -> nn.Module:
     """Replace the nn.Linear inside every LoRA layer by an NF4Linear (in place); frees the fp32 weights."""
     layers = list(all_lora_layers(model).values())
     if not any(isinstance(layer.base_layer, nn.Linear) for layer in layers):
-        raise UserError("qlora found no nn.Linear under LoRA to quantize (GPT-2's Conv1D is not supported); "
-                        "use method lora for this model")  # fmt: skip
+        raise UserError(
+            "qlora found no nn.Linear under LoRA to quantize (GPT-2's Conv1D is not supported); "
+            "use method lora for this model"
+        )
     for layer in layers:
         if isinstance(layer.base_layer, nn.Linear):
             layer.unmerge()  # a model in eval mode merged on wrapping: quantize the pure base weight
@@ -67,33 +70,40 @@ def quantization_report(model: nn.Module) -> dict:
     layers = [m for m in model.modules() if isinstance(m, NF4Linear)]
     numel = sum(layer.quantized_numel for layer in layers)
     nbytes = sum(layer.weight_nbytes() for layer in layers)
-    return {"quantized_layers": len(layers), "quantized_weights": numel, "quantized_bytes": nbytes,
-            "fp32_bytes": 4 * numel, "ratio_to_fp32": nbytes / (4 * numel) if numel else None}  # fmt: skip
+    return {
+        "quantized_layers": len(layers),
+        "quantized_weights": numel,
+        "quantized_bytes": nbytes,
+        "fp32_bytes": 4 * numel,
+        "ratio_to_fp32": nbytes / (4 * numel) if numel else None,
+    }
 
 
 def prepare(
     model: nn.Module, config: RunConfig, extra_modules: tuple[str, ...] = (), tokenizer=None
 ) -> nn.Module:
-    return quantize_base(lora.prepare(model, config, extra_modules), config.nf4_double_quant)
+    return quantize_base(LORA.prepare(model, config, extra_modules), config.nf4_double_quant)
 
 
 def save(model: nn.Module, directory: Path, config: RunConfig) -> None:
-    lora.save(model, directory, config)
+    LORA.save(model, directory, config)
     meta = {"quant_type": "nf4", "block_size": BLOCK_SIZE, "double_quant": config.nf4_double_quant}
     write_text_atomically(directory / QUANT_FILE, json.dumps(meta, indent=2))
 
 
 def load(model: nn.Module, directory: Path) -> nn.Module:
-    try:
-        meta = json.loads((Path(directory) / QUANT_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {Path(directory) / QUANT_FILE} ({exc}); is it a qlora run?") from None
+    meta = read_json_object(
+        Path(directory) / QUANT_FILE, "a qlora run's quantization settings", "is it a qlora run?"
+    )
     return quantize_base(load_adapter(model, directory), meta["double_quant"])
 
 
 def restore(model: nn.Module, directory: Path) -> nn.Module:
-    return lora.restore(model, directory)
+    return LORA.restore(model, directory)
 
 
 def summary(model: nn.Module) -> dict:
     return {"quantization": quantization_report(model)}
+
+
+METHOD = Method("qlora", prepare, save, load, restore, summary=summary)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from loralab.naming import module_name
+
 HEAD_NAMES = ("classifier", "score", "classification_head")  # BERT-likes, decoder LMs, BART-likes
 
 
@@ -19,14 +21,17 @@ def classification_head(model: nn.Module) -> list[str]:
 
 def input_embeddings(model: nn.Module) -> list[str]:
     """The full name of the input embedding module (e.g. model.embed_tokens, shared, transformer.wte)."""
-    embeddings = model.get_input_embeddings()
-    return [name for name, module in model.named_modules() if module is embeddings][:1]
+    name = module_name(model, model.get_input_embeddings())
+    return [] if name is None else [name]
 
 
 def layer_norms(model: nn.Module) -> list[str]:
     """Leaf names shared by all normalisation layers (LayerNorm, RMSNorm, T5LayerNorm...)."""
-    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if name and type(module).__name__.lower().endswith("norm")}  # fmt: skip
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and type(module).__name__.lower().endswith("norm")
+    }
     return sorted(leaves)
 
 

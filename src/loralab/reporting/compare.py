@@ -11,7 +11,6 @@ it with its error.
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from loralab.config import CHOICES, RunConfig, load_config
 from loralab.errors import Interrupted, UserError
 from loralab.evaluation.code_eval import check_code_eval
-from loralab.training.run_files import write_json_atomically
+from loralab.files import read_json_object, write_json_atomically
 
 ERROR_FILE = "error.json"
 
@@ -64,8 +63,10 @@ def compare_configs(
         raise UserError(f"--methods must list methods from {', '.join(CHOICES['method'])}, got {methods}")
     shared, own = split_overrides(overrides, methods)
     parent = parent_folder(config_path, shared, "_compare")
-    return [(m, load_config(config_path, [*shared, *own[m], f"--method={m}", f"--out_dir={parent / m}"]))
-            for m in methods]  # fmt: skip
+    return [
+        (m, load_config(config_path, [*shared, *own[m], f"--method={m}", f"--out_dir={parent / m}"]))
+        for m in methods
+    ]
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -81,8 +82,9 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def sweep_configs(config_path: str, grid_items: list[str], overrides: list[str],
-                  alpha_over_rank: float = 0.0) -> list[tuple[str, RunConfig]]:  # fmt: skip
+def sweep_configs(
+    config_path: str, grid_items: list[str], overrides: list[str], alpha_over_rank: float = 0.0
+) -> list[tuple[str, RunConfig]]:
     """One config per point of the grid; with alpha_over_rank, alpha = that × rank (constant α/r scaling)."""
     grid = parse_grid(grid_items)
     if alpha_over_rank < 0:
@@ -117,8 +119,10 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
             log(f"[{i}/{len(runs)}] {name}: finished earlier, reusing {out}")
             continue
         resume = (out / "checkpoint" / "state.json").is_file() and not overwrite
-        log(f"[{i}/{len(runs)}] {name}: {'resuming' if resume else 'training'} in {out}"
-            f"{_time_left(durations, len(runs) - i + 1)}")  # fmt: skip
+        log(
+            f"[{i}/{len(runs)}] {name}: {'resuming' if resume else 'training'} in {out}"
+            f"{_time_left(durations, len(runs) - i + 1)}"
+        )
         started = time.monotonic()
         (out / ERROR_FILE).unlink(missing_ok=True)
         process = multiprocessing.get_context("spawn").Process(
@@ -152,8 +156,16 @@ def _time_left(durations: list[float], remaining: int) -> str:
 
 def _record_failure(out: Path, name: str, config: RunConfig, message: str, trace: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(out / ERROR_FILE, {"name": name, "method": config.method, "error": message,
-                                             "config": config.to_dict(), "traceback": trace})  # fmt: skip
+    write_json_atomically(
+        out / ERROR_FILE,
+        {
+            "name": name,
+            "method": config.method,
+            "error": message,
+            "config": config.to_dict(),
+            "traceback": trace,
+        },
+    )
 
 
 def _train_one(name: str, config_values: dict, resume: bool, overwrite: bool) -> None:
@@ -177,14 +189,19 @@ def _train_one(name: str, config_values: dict, resume: bool, overwrite: bool) ->
 
 def check_earlier_runs(runs: list[tuple[str, RunConfig]]) -> None:
     """Refuse (before anything trains) to reuse or resume a folder that holds a run with other settings."""
-    from loralab.training.loop import RESUMABLE_CHANGES
+    from loralab.training.run_dir import RESUMABLE_CHANGES
 
     for name, config in runs:
         saved = Path(config.out_dir) / "config.json"
         if saved.is_file():
-            earlier = json.loads(saved.read_text())
-            changed = sorted(k for k, v in config.to_dict().items()
-                             if earlier.get(k, v) != v and k not in RESUMABLE_CHANGES)  # fmt: skip
+            earlier = read_json_object(
+                saved, "a run config", "pass --overwrite to replace that run or choose another --out_dir"
+            )
+            changed = sorted(
+                k
+                for k, v in config.to_dict().items()
+                if earlier.get(k, v) != v and k not in RESUMABLE_CHANGES
+            )
             if changed:
                 raise UserError(
                     f"{config.out_dir} holds a run of {name} with a different {', '.join(changed)}; "
@@ -194,4 +211,6 @@ def check_earlier_runs(runs: list[tuple[str, RunConfig]]) -> None:
 
 def read_error(folder: Path) -> dict | None:
     path = folder / ERROR_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return (
+        read_json_object(path, "a failed run's record", "delete it and run again") if path.is_file() else None
+    )

@@ -9,10 +9,10 @@ bars.png           trainable parameters, peak memory, time per epoch and the mai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from loralab.errors import UserError
+from loralab.files import read_json_object
 from loralab.reporting.compare import read_error
 from loralab.tasks import get_task
 from loralab.training.run_files import read_metrics
@@ -37,13 +37,22 @@ def load_run(folder: Path) -> dict:
         raise UserError(
             f"{folder} is not a loralab run folder (no config.json); pass folders `loralab train` wrote"
         )
-    config = json.loads(config_path.read_text()) if config_path.is_file() else error["config"]
+    damaged = "train that run again, or leave its folder out"
+    config = (
+        read_json_object(config_path, "a run config", damaged) if config_path.is_file() else error["config"]
+    )
     summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and error is None else None
+    has_summary = summary_path.is_file() and error is None
+    summary = read_json_object(summary_path, "a run summary", damaged) if has_summary else None
     if summary is None and error is None:
         error = {"error": "unfinished (no summary.json): resume it with the same command"}
-    return {"name": folder.name, "config": config, "summary": summary, "error": error and error["error"],
-            "metrics": read_metrics(folder / "metrics.jsonl")}  # fmt: skip
+    return {
+        "name": folder.name,
+        "config": config,
+        "summary": summary,
+        "error": error and error["error"],
+        "metrics": read_metrics(folder / "metrics.jsonl"),
+    }
 
 
 def metric_value(metrics: dict, dotted: str) -> float | None:
@@ -70,8 +79,17 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 
 def table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
-    head = ["run", "method", "settings", "trainable params", "% of total", "peak memory (MB)",
-            "time / epoch (s)", "best val loss", *metric_keys]  # fmt: skip
+    head = [
+        "run",
+        "method",
+        "settings",
+        "trainable params",
+        "% of total",
+        "peak memory (MB)",
+        "time / epoch (s)",
+        "best val loss",
+        *metric_keys,
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         config, summary = run["config"], run["summary"]
@@ -101,8 +119,13 @@ def _plot_curves(runs: list[dict], key: str, path: Path, title: str) -> None:
     for run in runs:
         points = [(r["step"], r[key]) for r in run["metrics"] if key in r]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o" if key == "val_loss" else None, markersize=3,
-                    label=run["name"], linewidth=1.2)  # fmt: skip
+            ax.plot(
+                *zip(*points, strict=True),
+                marker="o" if key == "val_loss" else None,
+                markersize=3,
+                label=run["name"],
+                linewidth=1.2,
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(key.replace("_", " "))
     ax.set_title(title)
@@ -121,10 +144,12 @@ def _plot_bars(runs: list[dict], main_metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     done = [run for run in runs if run["summary"] is not None]
-    panels = [("trainable parameters", lambda s: s["trainable_params"], True),
-              ("peak memory (MB)", lambda s: s["peak_memory_mb"], False),
-              ("time per epoch (s)", lambda s: s.get("time_per_epoch_s") or 0, False),
-              (f"test {main_metric}", lambda s: metric_value(s["metrics"], main_metric) or 0, False)]  # fmt: skip
+    panels = [
+        ("trainable parameters", lambda s: s["trainable_params"], True),
+        ("peak memory (MB)", lambda s: s["peak_memory_mb"], False),
+        ("time per epoch (s)", lambda s: s.get("time_per_epoch_s") or 0, False),
+        (f"test {main_metric}", lambda s: metric_value(s["metrics"], main_metric) or 0, False),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     names = [run["name"] for run in done]
     for ax, (label, value, log_scale) in zip(axes, panels, strict=True):
@@ -153,20 +178,37 @@ def write_report(folders: list[Path], out: Path, title: str = "Comparison") -> P
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(runs, "val_loss", out / "val_loss.png", "validation loss")
     _plot_curves(runs, "train_loss", out / "train_loss.png", "training loss")
-    _plot_bars(runs, task.REPORT_METRICS[0], out / "bars.png")
+    _plot_bars(runs, task.report_metrics[0], out / "bars.png")
     first = runs[0]["config"]
-    shared = (f"Task {first['task']} ({first['dataset']}), model {first['model']}, seed {first['seed']}, "
-              f"max_train_samples {first['max_train_samples'] or 'all'}, epochs {first['epochs']}, "
-              f"max_steps {first['max_steps'] or 'by epochs'}, batch size {first['batch_size']} × grad_accum "
-              f"{first['grad_accum']}, max_length {first['max_length']}.")  # fmt: skip
-    used = tuple(k for k in task.REPORT_METRICS
-                 if any(r["summary"] and metric_value(r["summary"]["metrics"], k) is not None for r in runs))  # fmt: skip
-    lines = [f"# {title}", "", shared, "", table(runs, used or task.REPORT_METRICS[:1]), "",
-             "Peak memory: the peak resident set (CPU) or allocated memory (GPU) while training and validating, "
-             "the loaded model included (the peak of loading it is not counted). compare and sweep train each run "
-             "in its own process.", "",
-             "![validation loss](val_loss.png)", "", "![training loss](train_loss.png)", "",
-             "![costs and main metric](bars.png)", ""]  # fmt: skip
+    shared = (
+        f"Task {first['task']} ({first['dataset']}), model {first['model']}, seed {first['seed']}, "
+        f"max_train_samples {first['max_train_samples'] or 'all'}, epochs {first['epochs']}, "
+        f"max_steps {first['max_steps'] or 'by epochs'}, batch size {first['batch_size']} × grad_accum "
+        f"{first['grad_accum']}, max_length {first['max_length']}."
+    )
+    used = tuple(
+        k
+        for k in task.report_metrics
+        if any(r["summary"] and metric_value(r["summary"]["metrics"], k) is not None for r in runs)
+    )
+    lines = [
+        f"# {title}",
+        "",
+        shared,
+        "",
+        table(runs, used or task.report_metrics[:1]),
+        "",
+        "Peak memory: the peak resident set (CPU) or allocated memory (GPU) while training and validating, "
+        "the loaded model included (the peak of loading it is not counted). compare and sweep train each run "
+        "in its own process.",
+        "",
+        "![validation loss](val_loss.png)",
+        "",
+        "![training loss](train_loss.png)",
+        "",
+        "![costs and main metric](bars.png)",
+        "",
+    ]
     path = out / "report.md"
     from loralab.files import write_text_atomically
 

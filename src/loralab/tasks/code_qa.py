@@ -20,9 +20,19 @@ import torch
 from loralab.config import RunConfig
 from loralab.data.code_sources import load_python_codes_25k, load_stdlib_docstrings
 from loralab.data.encoding import random_subset
+from loralab.data.sources import Loaded
 from loralab.evaluation import code_eval
 from loralab.evaluation.metrics import batched_bleu, corpus_bleu, token_prf
+from loralab.tasks.base import Task
 
+# Literals: loralab.config reads them from this file without importing it. DEFAULTS: what an empty dataset,
+# template or max_new_tokens means; DATASETS: the datasets this task reads.
+DEFAULTS = {
+    "dataset": "stdlib_docstrings",
+    "template": "### Instruction:\n{text}\n### Python code:\n",
+    "max_new_tokens": 256,
+}
+DATASETS = ("stdlib_docstrings", "python_codes_25k")
 LOADERS = {"python_codes_25k": load_python_codes_25k, "stdlib_docstrings": load_stdlib_docstrings}
 PASS_KS = (1, 10, 100)
 
@@ -31,8 +41,8 @@ PASS_KS = (1, 10, 100)
 REPORT_METRICS = ("bleu", "token_f1", "humaneval.pass@1", "mbpp.pass@1")
 
 
-def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
-    """Rows {"question", "answer"} of one split and a line saying where they came from."""
+def load_split(config: RunConfig, split: str) -> Loaded:
+    """Rows {"question", "answer"} of one split and where they came from."""
     return LOADERS[config.dataset](split, config.data_path or None)
 
 
@@ -62,16 +72,20 @@ def score(config: RunConfig, rows: list[dict], generations: list[str]) -> dict:
 def humaneval_question(problem: dict) -> str:
     """The docstring of the problem's entry point, a blank line, then its def line (stdlib_docstrings format)."""
     tree = ast.parse(problem["prompt"])
-    function = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
-                    and node.name == problem["entry_point"])  # fmt: skip
+    function = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == problem["entry_point"]
+    )
     lines = problem["prompt"].splitlines()
     header = "\n".join(lines[function.lineno - 1 : function.body[0].lineno - 1]).rstrip()
     doc = ast.get_docstring(function) or ""
     return f"{doc}\n\n{textwrap.dedent(header)}"
 
 
-def extra_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, device: torch.device,
-                     predict: Callable) -> tuple[dict, list[dict]]:  # fmt: skip
+def extra_evaluation(
+    model: torch.nn.Module, tokenizer, config: RunConfig, device: torch.device, predict: Callable
+) -> tuple[dict, list[dict]]:
     """pass@k of generated code on HumanEval or MBPP (config.code_eval), run in the sandbox.
 
     Returns the metrics and one record per problem (task id, question, the generations, passed count, statuses,
@@ -88,14 +102,17 @@ def extra_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, devic
     picked = random_subset(list(range(len(problems))), config.max_code_eval_problems, config.seed + 3)
     problems, questions = [problems[i] for i in picked], [questions[i] for i in picked]
     n = config.code_eval_samples
-    generations = predict(model, tokenizer, [q for q in questions for _ in range(n)], config, device,
-                          config.code_eval)  # fmt: skip
+    generations = predict(
+        model, tokenizer, [q for q in questions for _ in range(n)], config, device, config.code_eval
+    )
     build = code_eval.humaneval_program if config.code_eval == "humaneval" else code_eval.mbpp_program
     programs = [
-        [build(p, "\n" + code_eval.truncate_completion(g, whole_function=True))
-         for g in generations[i * n : (i + 1) * n]]
+        [
+            build(p, "\n" + code_eval.truncate_completion(g, whole_function=True))
+            for g in generations[i * n : (i + 1) * n]
+        ]
         for i, p in enumerate(problems)
-    ]  # fmt: skip
+    ]
     result = code_eval.execute(
         programs,
         ks=[k for k in PASS_KS if k <= n],
@@ -128,3 +145,15 @@ def headline(metrics: dict) -> str:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics[name].items() if k.startswith("pass@"))
             text += f"; {name} {scores} on {metrics[name]['n_problems']} problems"
     return text
+
+
+TASK = Task(
+    "code_qa",
+    load_split,
+    input_text,
+    answer,
+    score,
+    headline,
+    REPORT_METRICS,
+    extra_evaluation=extra_evaluation,
+)

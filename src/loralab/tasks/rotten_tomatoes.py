@@ -8,9 +8,15 @@ word starts it; text that starts with no label word counts as wrong and as inval
 from __future__ import annotations
 
 from loralab.config import RunConfig
-from loralab.data.sources import load_rotten_tomatoes
+from loralab.data.sentiment_sources import load_rotten_tomatoes
+from loralab.data.sources import Loaded
 from loralab.evaluation.metrics import classification_metrics, match_label
+from loralab.tasks.base import Task
 
+# Literals: loralab.config reads them from this file without importing it. DEFAULTS: what an empty dataset,
+# template or max_new_tokens means; DATASETS: the datasets this task reads.
+DEFAULTS = {"dataset": "rotten_tomatoes", "template": "Review: {text}\nSentiment:", "max_new_tokens": 3}
+DATASETS = ("rotten_tomatoes",)
 SPLITS = ("train", "validation", "test")
 
 
@@ -18,8 +24,8 @@ SPLITS = ("train", "validation", "test")
 REPORT_METRICS = ("accuracy", "macro_f1", "invalid_rate")
 
 
-def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
-    """Rows {"text", "label"} of one split and a line saying where they came from."""
+def load_split(config: RunConfig, split: str) -> Loaded:
+    """Rows {"text", "label"} of one split and where they came from."""
     return load_rotten_tomatoes(split, config.data_path or None)
 
 
@@ -50,3 +56,6 @@ def headline(metrics: dict) -> str:
         f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} examples "
         f"(macro F1 {metrics['macro_f1']:.4f}, invalid {metrics['invalid_rate']:.2%})"
     )
+
+
+TASK = Task("rotten_tomatoes", load_split, input_text, answer, score, headline, REPORT_METRICS, label=label)

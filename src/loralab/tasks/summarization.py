@@ -8,15 +8,26 @@ and stripped of punctuation, as a reference experiment did (its ROUGE is then on
 from __future__ import annotations
 
 from loralab.config import RunConfig
+from loralab.data.sources import Loaded
 from loralab.data.summarization_sources import clean_text, load_summarization
 from loralab.evaluation.metrics import rouge
+from loralab.tasks.base import Task
+
+# Literals: loralab.config reads them from this file without importing it. DEFAULTS: what an empty dataset,
+# template or max_new_tokens means; DATASETS: the datasets this task reads.
+DEFAULTS = {
+    "dataset": "cnn_dailymail",
+    "template": "Summarize this article.\n\n{text}\n\nSummary:",
+    "max_new_tokens": 64,
+}
+DATASETS = ("cnn_dailymail", "xsum")
 
 # test metrics for comparison reports (dotted: nested), the first is the main one
 REPORT_METRICS = ("rouge1", "rouge2", "rougeL")
 
 
-def load_split(config: RunConfig, split: str) -> tuple[list[dict], str]:
-    """Rows {"document", "summary", "id"} of one split and a line saying where they came from."""
+def load_split(config: RunConfig, split: str) -> Loaded:
+    """Rows {"document", "summary", "id"} of one split and where they came from."""
     return load_summarization(config.dataset, split, config.data_path or None)
 
 
@@ -47,3 +58,6 @@ def headline(metrics: dict) -> str:
         f"ROUGE-1 {metrics['rouge1']:.4f}, ROUGE-2 {metrics['rouge2']:.4f}, ROUGE-L {metrics['rougeL']:.4f} "
         f"on {metrics['n']} examples"
     )
+
+
+TASK = Task("summarization", load_split, input_text, answer, score, headline, REPORT_METRICS)

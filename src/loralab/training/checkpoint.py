@@ -5,7 +5,7 @@
     checkpoint/state.json              step, epoch, position in the epoch, best loss, optimizer param groups,
                                        python's RNG state and the SHA-256 of the two tensor files
 
-The learning rate needs no saved scheduler: it is a function of the step (train.lr_factor). The data order
+The learning rate needs no saved scheduler: it is a function of the step (training.schedule). The data order
 of an epoch is a function of the seed and the epoch, so the position in it is one number.
 
 A new checkpoint is written into a temp folder (files fsynced), then the current one becomes
@@ -55,8 +55,10 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
             tensors[f"rng.cuda.{index}"] = state
     _, keys, pos, has_gauss, gauss = np.random.get_state()  # legacy MT19937 state: 624 words, position
     tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
-    return tensors | {"rng.numpy_rest": torch.tensor([pos, has_gauss], dtype=torch.int64),
-                      "rng.numpy_gauss": torch.tensor([gauss], dtype=torch.float64)}  # fmt: skip
+    return tensors | {
+        "rng.numpy_rest": torch.tensor([pos, has_gauss], dtype=torch.int64),
+        "rng.numpy_gauss": torch.tensor([gauss], dtype=torch.float64),
+    }
 
 
 def _restore_rng(tensors: dict[str, torch.Tensor], python_state: list | None) -> None:
@@ -88,8 +90,9 @@ def save_checkpoint(
                 tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    meta = dict(state, param_groups=opt["param_groups"], optimizer_scalars=scalars,
-                python_rng=list(random.getstate()))  # fmt: skip
+    meta = dict(
+        state, param_groups=opt["param_groups"], optimizer_scalars=scalars, python_rng=list(random.getstate())
+    )
     for stale in directory.parent.glob(f".{directory.name}.*"):  # left by a process killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -125,9 +128,10 @@ def checkpoint_problem(directory: Path) -> str | None:
     if not path.is_file():
         return f"{path} is missing"
     try:
-        sums = json.loads(path.read_text()).get("sha256", {})  # {}: written before checksums were kept
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        return f"{path} is unreadable ({type(exc).__name__})"
+        state = read_json_object(path, "readable JSON", "the checkpoint is damaged")
+    except UserError as exc:
+        return str(exc)
+    sums = state.get("sha256", {})  # {}: written before checksums were kept
     for name in TENSOR_FILES:
         if not (directory / name).is_file():
             return f"{directory / name} is missing"
@@ -150,8 +154,10 @@ def usable_checkpoint(directory: Path, log: Callable[[str], None]) -> Path | Non
                 log(f"{problems[0]}; resuming from the previous checkpoint, {candidate}")
             return candidate
         problems.append(problem)
-    raise UserError(f"no usable checkpoint: {'; '.join(problems)}; start the run again without --resume "
-                    "(with --overwrite)")  # fmt: skip
+    raise UserError(
+        f"no usable checkpoint: {'; '.join(problems)}; start the run again without --resume "
+        "(with --overwrite)"
+    )
 
 
 def load_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -29,9 +29,6 @@ from loralab.errors import UserError
 from loralab.evaluation.loss import answer_loss_sum, label_loss_sum, seq2seq_loss_sum
 from loralab.evaluation.predict import generate, generate_seq2seq, predict_labels
 
-ENCODER_ONLY = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
-                "mpnet", "camembert", "modernbert"}  # fmt: skip
-
 
 @dataclass(frozen=True)
 class Kind:
@@ -43,6 +40,7 @@ class Kind:
     generative: bool  # True when the target is text (an answer), False when it is a class index
 
 
+# loralab.config reads the kind names from this file's source (config/registries.py): keep them literal
 KINDS = {
     "causal": Kind("causal", encode_example, collate, answer_loss_sum, generate, True),
     "seq2seq": Kind("seq2seq", encode_seq2seq, collate_seq2seq, seq2seq_loss_sum, generate_seq2seq, True),
@@ -50,18 +48,6 @@ KINDS = {
         "classifier", encode_labelled, collate_labelled, label_loss_sum, predict_labels, False
     ),
 }
-
-
-def kind_of_config(model_config: object, requested: str = "auto") -> str:
-    """The kind to build from a transformers config: `requested`, or for "auto" seq2seq for
-    encoder-decoders, classifier for encoder-only models, causal otherwise."""
-    if requested != "auto":
-        return requested
-    if getattr(model_config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if getattr(model_config, "model_type", "") in ENCODER_ONLY:
-        return "classifier"
-    return "causal"
 
 
 def get_kind(name: str) -> Kind:

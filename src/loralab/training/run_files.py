@@ -10,16 +10,7 @@ from pathlib import Path
 import torch
 
 from loralab.errors import UserError
-from loralab.files import write_atomically, write_text_atomically
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_lines_atomically(path: Path, records: list[dict]) -> None:
-    """Rewrite a JSON-lines file through a temp file and a rename."""
-    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+from loralab.files import write_atomically
 
 
 def append_metrics(path: Path, record: dict) -> None:

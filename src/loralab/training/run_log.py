@@ -30,8 +30,14 @@ class RunLog:
     """metrics.jsonl plus the reporters asked for; `resume_step` (the first step still to come when a run
     resumes) drops the TensorBoard events logged at and after it by the interrupted run."""
 
-    def __init__(self, out: Path, report_to: list[str], config: dict, resume_step: int | None = None,
-                 enabled: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: Path,
+        report_to: list[str],
+        config: dict,
+        resume_step: int | None = None,
+        enabled: bool = True,
+    ) -> None:
         self.path = out / "metrics.jsonl"
         self.enabled = enabled  # False: write nothing (the other ranks of a torchrun job)
         self.tensorboard = self.wandb = None
@@ -48,8 +54,10 @@ class RunLog:
         """Append `record` to metrics.jsonl and send its numbers to the reporters at record["step"]."""
         if self.enabled:
             append_metrics(self.path, record)
-        self._scalars({TAGS.get(k, f"other/{k}"): v for k, v in record.items() if k not in ("step", "epoch")},
-                      record["step"])  # fmt: skip
+        self._scalars(
+            {TAGS.get(k, f"other/{k}"): v for k, v in record.items() if k not in ("step", "epoch")},
+            record["step"],
+        )
 
     def log_test(self, metrics: dict, step: int) -> None:
         """The final test metrics (numbers only) under test/."""
@@ -94,8 +102,14 @@ def _start_wandb(out: Path, config: dict, resume: bool):
 
     run_id_file = out / "wandb_run_id"
     run_id = run_id_file.read_text().strip() if resume and run_id_file.is_file() else None
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "loralab"), name=out.name, dir=str(out),
-                     config=config, mode=os.environ.get("WANDB_MODE", "offline"), id=run_id,
-                     resume="allow" if run_id else None)  # fmt: skip
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "loralab"),
+        name=out.name,
+        dir=str(out),
+        config=config,
+        mode=os.environ.get("WANDB_MODE", "offline"),
+        id=run_id,
+        resume="allow" if run_id else None,
+    )
     run_id_file.write_text(run.id)
     return run

@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from loralab.config import RunConfig
+from loralab.data.code_vocab.embeddings import add_code_vocabulary
+from loralab.data.code_vocab.text import load_code_vocab, predicting_with
 from loralab.errors import UserError
+from loralab.lora import load_adapter
+from loralab.methods import get_method
+from loralab.models.detect import model_kind
+from loralab.models.loading import resolve_device
+from loralab.training.kinds import get_kind
 
 
 def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module, object]:
@@ -20,16 +27,8 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
     cross-attention and the decoder's LM-head transform), and unless an adapter saves them they must be the
     same in `loralab eval` and `generate` as they were in training.
     """
-    from loralab.methods import get_method
-    from loralab.models.loading import load_model_and_tokenizer
-
     torch.manual_seed(config.seed)
-    method = get_method(config.method)
-    if hasattr(method, "build_model"):
-        return method.build_model(config, device)
-    return load_model_and_tokenizer(config.model, device, kind=config.model_kind,
-                                    num_labels=len(config.label_words),
-                                    trust_remote_code=config.trust_remote_code)  # fmt: skip
+    return get_method(config.method).build_model(config, device)
 
 
 def load_for_inference(
@@ -37,11 +36,6 @@ def load_for_inference(
 ) -> tuple[torch.nn.Module, object, torch.device, Callable]:
     """(model with the run's saved result, tokenizer, device, the kind's predict function); without a run,
     the base model as it is (zero-shot)."""
-    from loralab.data.code_vocab import add_code_vocabulary, load_code_vocab, predicting_with
-    from loralab.methods import get_method
-    from loralab.models.loading import model_kind, resolve_device
-    from loralab.training.kinds import get_kind
-
     device = resolve_device(config.device)
     model, tokenizer = load_base(config, device)
     kind = get_kind(model_kind(model))
@@ -62,10 +56,6 @@ def load_for_inference(
 def load_with_adapters(runs: list[tuple[RunConfig, Path]]) -> tuple[torch.nn.Module, object, torch.device]:
     """One base model with every run's LoRA adapter loaded beside the others, named after its run folder;
     the first is active. The runs must be LoRA runs of the same base model."""
-    from loralab.data.code_vocab import load_code_vocab
-    from loralab.lora import load_adapter
-    from loralab.models.loading import resolve_device
-
     first = runs[0][0]
     names = [run.name for _, run in runs]
     if len(set(names)) != len(names):

@@ -30,8 +30,10 @@ def apply_speed_options(model: torch.nn.Module, config: RunConfig) -> list[str]:
         notes.append("gradient checkpointing: activations recomputed block by block in backward")
     if config.compile:
         if not isinstance(model, PreTrainedModel):
-            raise UserError(f"compile works on a plain transformers model, not method {config.method}; "
-                            "set compile = false")  # fmt: skip
+            raise UserError(
+                f"compile works on a plain transformers model, not method {config.method}; "
+                "set compile = false"
+            )
         notes.append(
             "torch.compile: the training loss pass is compiled at its first batches (this takes minutes)"
         )

@@ -1,0 +1,115 @@
+"""What a RunConfig may hold: the choices of each key, signs and ranges, and the rules across keys; and what
+its empty task keys mean (the task's defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import fields
+
+from loralab.config.fields import RunConfig
+from loralab.config.registries import (
+    BIAS_MODES,
+    DATASETS,
+    INIT_MODES,
+    ISOLATION_LEVELS,
+    METHODS,
+    MODEL_KINDS,
+    TASK_DEFAULTS,
+    TASKS,
+)
+from loralab.errors import UserError
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "method": METHODS,
+    "model_kind": ("auto", *MODEL_KINDS),
+    "code_eval": ("", "humaneval", "mbpp"),
+    "code_eval_isolation": ISOLATION_LEVELS,
+    "lr_schedule": ("cosine", "linear", "constant"),
+    "bias": BIAS_MODES,
+    "lora_variant": ("lora", "dora"),
+    "init": INIT_MODES,
+    "autocast": ("none", "bf16"),
+    "on_nonfinite": ("stop", "skip"),
+}
+POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
+            "code_eval_timeout_s", "n_virtual_tokens", "student_embedding_dim", "student_hidden_size",
+            "distill_temperature")  # fmt: skip
+NON_NEGATIVE = (
+    "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
+    "patience", "top_k", "weight_decay", "max_grad_norm", "temperature", "max_new_tokens",
+    "max_code_eval_problems", "n_layers",
+)  # fmt: skip
+REPORTERS = ("tensorboard", "wandb")
+
+
+def with_task_defaults(config: RunConfig) -> RunConfig:
+    """Fill the keys left empty (dataset, template, max_new_tokens) with the task's defaults."""
+    defaults = TASK_DEFAULTS.get(config.task, {})
+    missing = {key: value for key, value in defaults.items() if not getattr(config, key)}
+    return dataclasses.replace(config, **missing) if missing else config
+
+
+def validate(config: RunConfig) -> None:
+    """Check ranges and choices; LoRA fields are checked by LoRAConfig."""
+    for item in fields(config):  # first: NaN passes every comparison below, and a huge int has no repr
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{item.name} must be a finite number, got {value}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise UserError(f"{item.name} must fit in 64 bits, got a {value.bit_length()}-bit integer")
+    for key, allowed in CHOICES.items():
+        value = getattr(config, key)
+        if value not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    for key in POSITIVE:
+        if getattr(config, key) <= 0:
+            raise UserError(f"{key} must be > 0, got {getattr(config, key)}")
+    for key in NON_NEGATIVE:
+        if getattr(config, key) < 0:
+            raise UserError(f"{key} must be >= 0, got {getattr(config, key)}")
+    if config.epochs == 0 and config.max_steps == 0:
+        raise UserError("set epochs > 0 or max_steps > 0 so that training has something to do")
+    if not 0 <= config.warmup_ratio < 1:
+        raise UserError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.lr <= 0:
+        raise UserError(f"lr must be > 0, got {config.lr}")
+    if config.template and "{text}" not in config.template:
+        raise UserError("template must contain {text} where the input text goes")
+    if config.dataset and config.dataset not in DATASETS[config.task]:
+        raise UserError(
+            f"dataset {config.dataset!r} does not belong to task {config.task}; "
+            f"choose one of {', '.join(DATASETS[config.task])}"
+        )
+    if config.code_eval_samples > 1 and config.temperature == 0:
+        raise UserError(
+            "code_eval_samples > 1 needs sampling: set temperature > 0 (e.g. 0.8), or use 1 sample"
+        )
+    if config.code_eval and config.task != "code_qa":
+        raise UserError("code_eval runs generated code, which only task code_qa produces; drop code_eval")
+    if len(config.label_words) != 2 or len(set(w.lower() for w in config.label_words)) != 2:
+        raise UserError(
+            f"label_words must be two different words (negative, positive), got {config.label_words}"
+        )
+    if any(a.lower().startswith(b.lower()) for a in config.label_words for b in config.label_words if a != b):
+        raise UserError("no label word may start with the other (predictions are matched by prefix)")
+    if not 0 <= config.distill_alpha <= 1:
+        raise UserError(f"distill_alpha must be in [0, 1], got {config.distill_alpha}")
+    if config.method == "distill" and config.distill_alpha > 0 and not config.teacher:
+        raise UserError(
+            "method distill needs a teacher (a finished run folder or a model name), "
+            "or distill_alpha = 0 to train the student on labels alone"
+        )
+    if config.method == "distill" and config.task != "rotten_tomatoes":
+        raise UserError(
+            "method distill trains a classifier student; it needs a classification task (rotten_tomatoes)"
+        )
+    for name in config.report_to:
+        if name not in REPORTERS:
+            raise UserError(
+                f"report_to: unknown reporter {name!r}; choose from {', '.join(REPORTERS)} (or [])"
+            )
+    if not config.out_dir:
+        raise UserError("out_dir is empty; set it to the folder for this run")
+    config.lora_config()  # raises UserError for bad r, alpha, dropout, bias, init, targets
