@@ -10,9 +10,12 @@ import sys
 import typing
 from pathlib import Path
 
-from loralab.config import RunConfig, describe_options, load_config, read_run_config
+from loralab.config import DATASETS, RunConfig, describe_options, load_config, read_run_config
 from loralab.errors import Interrupted, UserError
 from loralab.evaluation.sandbox.cli import add_sandbox_parser, cmd_sandbox
+
+# Each command imports the layers it runs inside its own function, so that `loralab --help`, a bad flag or a
+# bad config is answered without loading torch, transformers and the models.
 
 TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
 
@@ -37,7 +40,15 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="loralab", description="Fine-tune language models with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parsers(commands)
+    _add_comparison_parsers(commands)
+    _add_data_parser(commands)
+    add_sandbox_parser(commands)
+    return parser
 
+
+def _add_run_parsers(commands: argparse._SubParsersAction) -> None:
+    """train, and what is done with a run afterwards: eval, generate, export."""
     train = commands.add_parser(
         "train",
         help="train a model (LoRA) and evaluate it",
@@ -91,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must not exist)")
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
 
+
+def _add_comparison_parsers(commands: argparse._SubParsersAction) -> None:
+    """Several runs side by side: compare (methods), sweep (a grid of settings), report."""
     compare = commands.add_parser(
         "compare",
         help="train several methods on the same data and budget, then write a report",
@@ -136,19 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", default=None, help="folder for the report (default: the first run's parent)")
 
+
+def _add_data_parser(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     stats = actions.add_parser(
         "stats",
         help="entries, unique values and average token counts per split",
         description="Entries, unique prompts and answers, and average tokens per example of each split of "
-        "DATASET (rotten_tomatoes, python_codes_25k, stdlib_docstrings, cnn_dailymail, xsum).",
+        f"DATASET ({', '.join(name for names in DATASETS.values() for name in names)}).",
     )
     stats.add_argument("dataset", metavar="DATASET", help="the dataset name")
     stats.add_argument("--tokenizer", default="smollm2-135m", help="whose tokens to count (a model name)")
     stats.add_argument("--data_path", default=None, help="a data file or folder instead of the defaults")
-    add_sandbox_parser(commands)
-    return parser
 
 
 def _run_config(

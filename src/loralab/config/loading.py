@@ -3,6 +3,7 @@ type-checked against its field, then validated and completed with the task's def
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import types
@@ -86,7 +87,6 @@ def _parse_override(key: str, text: str, kind: object) -> object:
 
 
 def _unknown_key(key: str) -> UserError:
-    import difflib
 
     close = difflib.get_close_matches(key, field_types(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see `loralab train --help` for the keys"

@@ -22,9 +22,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from loralab.config import RunConfig
 from loralab.errors import UserError
 from loralab.evaluation.metrics import pass_at_k
+from loralab.evaluation.sandbox.supervisor import SandboxUnavailable, require, run_code
 from loralab.files import data_dir, json_lines
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -218,7 +221,6 @@ def check_code_eval(config: RunConfig) -> None:
     """With code_eval set, refuse (a one-line UserError) when the sandbox cannot give config's
     code_eval_isolation here or the problems cannot be found: called before any model loads or trains, so
     that no time is lost."""
-    from loralab.evaluation.sandbox.supervisor import SandboxUnavailable, require
 
     if not config.code_eval:
         return
@@ -252,9 +254,6 @@ def execute(
     "n_problems", "n_samples", "problems": [{"n", "passed", "status": {status: count}, "first_failure": the
     status and last stderr line of the first failing sample, or None}]}.
     """
-    from tqdm.auto import tqdm
-
-    from loralab.evaluation.sandbox.supervisor import require, run_code
 
     if not programs or any(not samples for samples in programs):
         raise ValueError("every problem needs at least one program")

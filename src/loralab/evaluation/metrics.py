@@ -64,7 +64,7 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     The defaults are sacrebleu's 13a tokenizer, case-sensitive, exponential smoothing, and n-gram counts and
     lengths summed over the whole corpus before the geometric mean and brevity penalty are taken.
     """
-    import sacrebleu
+    import sacrebleu  # imported here, as rouge_score below: only the tasks that score text need them
 
     _check_pairs(hypotheses, references)
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)

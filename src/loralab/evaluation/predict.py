@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 from loralab.config import RunConfig
 from loralab.data.encoding import collate_inputs, collate_prompts, encode_prompt, to_device
 from loralab.errors import UserError
+from loralab.lora.adapters import adapter_per_row
+from loralab.models.detect import model_kind
 
 
 def _generation_options(config: RunConfig, tokenizer) -> dict:
@@ -87,8 +89,6 @@ def generate_per_row(
 ) -> list[str]:
     """Continuations of `prompts` (used as given) by a causal LM with several adapters loaded, prompt i through
     adapter adapters[i] (None: the base model); prompts with different adapters share batches."""
-    from loralab.lora.adapters import adapter_per_row
-    from loralab.models.detect import model_kind
 
     if model_kind(model) != "causal":
         raise UserError("several adapters in one batch work for causal language models; generate one by one")

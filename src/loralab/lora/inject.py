@@ -12,6 +12,7 @@ from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
 from loralab.lora.layer import DEFAULT_ADAPTER, LoRALinear, is_linear, linear_shape
 from loralab.lora.qkv import qkv_row_ranges
+from loralab.naming import module_name
 
 ALL_LINEAR = "all-linear"
 
@@ -33,8 +34,8 @@ def _inside_lora(name: str) -> bool:
 
 def _output_head_names(model: nn.Module) -> set[str]:
     get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    return {name for name, module in model.named_modules() if head is not None and module is head}
+    name = module_name(model, get_head() if callable(get_head) else None)
+    return set() if name is None else {name}
 
 
 def _describe_linear_names(model: nn.Module) -> str:
@@ -133,8 +134,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig, *, name: str = DEFAULT_ADAP
     model.lora_config = config
     model.lora_target_names = names
     mark_only_lora_as_trainable(model, config.bias)
-    for module_name in _modules_to_save(model, config.modules_to_save):
-        for param in model.get_submodule(module_name).parameters():
+    for saved in _modules_to_save(model, config.modules_to_save):
+        for param in model.get_submodule(saved).parameters():
             param.requires_grad_(True)
     return model
 

@@ -11,8 +11,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    EncoderDecoderModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from loralab.errors import UserError, short_reason
 from loralab.files import read_json
@@ -170,7 +177,6 @@ def _load_encoder_decoder(
     folder: Path, dtype: torch.dtype, head: Head
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """BERT2BERT from one encoder folder: the decoder copy gains causal masks and random cross-attention."""
-    from transformers import EncoderDecoderModel
 
     if head.kind not in ("auto", "seq2seq"):
         raise UserError(
@@ -226,7 +232,6 @@ def _unknown(name: str, reason: str) -> UserError:
 def _load_hub(
     name: str, dtype: torch.dtype, head: Head, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if name.startswith((".", "/", "~", "\\")) or name.lower().endswith(".gguf"):
         raise _unknown(name, "it is a path, and no such file or folder exists")

@@ -17,10 +17,12 @@ import time
 import traceback
 from pathlib import Path
 
-from loralab.config import CHOICES, RunConfig, load_config
+from loralab.config import CHOICES, RunConfig, config_from_dict, load_config
 from loralab.errors import Interrupted, UserError
 from loralab.evaluation.code_eval import check_code_eval
 from loralab.files import read_json_object, write_json_atomically
+from loralab.training.loop import train
+from loralab.training.run_dir import RESUMABLE_CHANGES
 
 ERROR_FILE = "error.json"
 
@@ -170,8 +172,6 @@ def _record_failure(out: Path, name: str, config: RunConfig, message: str, trace
 
 def _train_one(name: str, config_values: dict, resume: bool, overwrite: bool) -> None:
     """The body of one run's process: train, or record why it failed (error.json) and exit with 1."""
-    from loralab.config import config_from_dict
-    from loralab.training.loop import train
 
     config = config_from_dict(config_values)
     try:
@@ -189,7 +189,6 @@ def _train_one(name: str, config_values: dict, resume: bool, overwrite: bool) ->
 
 def check_earlier_runs(runs: list[tuple[str, RunConfig]]) -> None:
     """Refuse (before anything trains) to reuse or resume a folder that holds a run with other settings."""
-    from loralab.training.run_dir import RESUMABLE_CHANGES
 
     for name, config in runs:
         saved = Path(config.out_dir) / "config.json"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loralab.errors import UserError
-from loralab.files import read_json_object
+from loralab.files import read_json_object, write_text_atomically
 from loralab.reporting.compare import read_error
 from loralab.tasks import get_task
 from loralab.training.run_files import read_metrics
@@ -110,7 +110,7 @@ def table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
 
 
 def _plot_curves(runs: list[dict], key: str, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # imported here: plotting is the last step of a run, and matplotlib is slow to load
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,7 +138,7 @@ def _plot_curves(runs: list[dict], key: str, path: Path, title: str) -> None:
 
 
 def _plot_bars(runs: list[dict], main_metric: str, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # imported here: plotting is the last step of a run, and matplotlib is slow to load
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -210,7 +210,6 @@ def write_report(folders: list[Path], out: Path, title: str = "Comparison") -> P
         "",
     ]
     path = out / "report.md"
-    from loralab.files import write_text_atomically
 
     write_text_atomically(path, "\n".join(lines))
     return path

@@ -19,6 +19,8 @@ from transformers import PreTrainedModel
 
 from loralab.errors import UserError
 from loralab.lora.inject import unload_lora
+from loralab.methods.qlora import dequantize_base
+from loralab.training.run_model import load_for_inference
 
 NOT_EXPORTABLE = {
     "prompt_tuning": "a soft prompt is extra input, not a weight change; load the run with loralab instead",
@@ -28,7 +30,6 @@ NOT_EXPORTABLE = {
 
 def merged_model(model: torch.nn.Module) -> PreTrainedModel:
     """The model with every LoRA update folded into its weights and the LoRA wrappers removed (in place)."""
-    from loralab.methods.qlora import dequantize_base
 
     dequantize_base(model)  # 4-bit bases back to full precision, so the merge is exact
     unload_lora(model)
@@ -41,7 +42,6 @@ def export_run(run: Path, config, destination: Path, overwrite: bool = False) ->
     """Write run's merged model and tokenizer to `destination`; refuse to replace an existing folder unless
     `overwrite`. The folder is written beside `destination` and renamed into place at the end, so a failure
     leaves nothing half-written and an existing folder untouched until the new one is complete."""
-    from loralab.training.run_model import load_for_inference
 
     destination = Path(destination)
     if destination.exists() and not overwrite:

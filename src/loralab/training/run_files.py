@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import resource
 import sys
@@ -62,12 +64,9 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    import gc
 
     gc.collect()
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
     except (OSError, AttributeError):
@@ -96,7 +95,7 @@ def process_peak_memory_mb(device: torch.device) -> float:
 
 def plot_losses(records: list[dict], path: Path, title: str) -> None:
     """Train loss per logged step and validation loss per evaluation, in one PNG."""
-    import matplotlib
+    import matplotlib  # imported here: plotting is the last step of a run, and matplotlib is slow to load
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -12,7 +12,7 @@ def add_sandbox_parser(commands: argparse._SubParsersAction) -> None:
     commands.add_parser(
         "sandbox",
         help="which isolation runs untrusted code here, and what is missing",
-        description="Print, one per line, the isolation layers that loralab.evaluation.sandbox.supervisor (code_eval pass@k) uses "
+        description="Print, one per line, the isolation layers that the sandbox (code_eval pass@k) uses "
         "on this machine and the protections it lacks here (tried once: a tiny program in the sandbox). Exit "
         "code 0 when the namespaces that code evaluation requires work here, 1 (with how to get them) when not.",
     )
@@ -20,6 +20,7 @@ def add_sandbox_parser(commands: argparse._SubParsersAction) -> None:
 
 def cmd_sandbox(args: argparse.Namespace, overrides: list[str]) -> int:
     """Print each active layer and each missing protection on its own line; 1 without the namespaces."""
+    # Imported here: this module is part of `loralab --help`, which must not load code_eval's dependencies.
     from loralab.evaluation.code_eval import OPT_IN
     from loralab.evaluation.sandbox.supervisor import isolation_layers, probe
 
