@@ -38,11 +38,8 @@ def endpoint() -> str:
 
 
 def unreachable_reason(timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
-    """One request to the endpoint, no retries: None when it answers with success, else why
-    not.
-
-    The request runs in a thread so that a hanging DNS lookup is bounded too.
-    """
+    """One request to the endpoint, no retries: None when it answers with success, else why not. The request
+    runs in a thread so that a hanging DNS lookup is bounded too."""
     url = endpoint()
     outcome: list[str | None] = [f"no answer in {timeout_s:g} s"]
 
