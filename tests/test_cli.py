@@ -134,3 +134,33 @@ def test_train_help_shows_each_key_with_its_help_under_its_section(capsys):
         positions.append(out.index(f"\n  {item.name} = {json.dumps(default_of(item))}"))
         assert " ".join(field_help(item).split()) in flat, item.name
     assert positions == sorted(positions)  # in declaration order, each key under its own section
+
+
+def test_help_and_a_bad_config_load_no_torch(tmp_path):
+    """The CLI imports each command's layers inside the command, and loralab's API on first use: `--help`, a
+    bad flag and a bad config are answered without loading torch or transformers."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rank = -1\n")
+    code = (
+        "import sys\nfrom loralab.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['train', sys.argv[1]], ['train', sys.argv[1], '--x=1']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True)
+    assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+    assert "LoRA rank" in done.stderr and "usage: loralab" in done.stdout
+
+
+def test_the_api_loads_on_first_use():
+    code = (
+        "import sys, loralab\nassert 'torch' not in sys.modules\n"
+        "from loralab import LoRAConfig, apply_lora\nimport loralab.lora as lora\n"
+        "assert apply_lora is lora.apply_lora and 'torch' in sys.modules\n"
+        "assert set(loralab.__all__) <= set(dir(loralab)) and set(lora.__all__) <= set(dir(lora))\n"
+        "try:\n    loralab.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "module 'loralab' has no attribute 'no_such_name'" in done.stdout

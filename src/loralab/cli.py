@@ -187,13 +187,13 @@ def _run_config(
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    config = load_config(args.config, overrides)  # a bad config is answered before torch loads
     from loralab.files import is_disk_full, no_space_error
     from loralab.tasks import get_task
     from loralab.training.loop import train
 
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pick one")
-    config = load_config(args.config, overrides)
     try:
         summary = train(config, resume=args.resume, overwrite=args.overwrite)
     except Exception as exc:  # a full disk shows up as OSError, or as safetensors' own error type

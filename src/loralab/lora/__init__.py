@@ -10,40 +10,41 @@ downward in the order above (config, fused, update, dora / qkv, layer, inject, i
 this package, so there is no import cycle.
 """
 
-from loralab.lora.adapters import load_adapter
-from loralab.lora.config import LoRAConfig
-from loralab.lora.inject import (
-    apply_lora,
-    count_parameters,
-    find_target_modules,
-    linear_module_names,
-    lora_layers,
-    lora_state_dict,
-    mark_only_lora_as_trainable,
-    merge_lora,
-    set_auto_merge,
-    unload_lora,
-    unmerge_lora,
-)
-from loralab.lora.io import load_adapter_weights, read_adapter_config, save_adapter
-from loralab.lora.layer import LoRALinear
+from __future__ import annotations
 
-__all__ = [
-    "LoRAConfig",
-    "LoRALinear",
-    "apply_lora",
-    "count_parameters",
-    "find_target_modules",
-    "linear_module_names",
-    "load_adapter",
-    "load_adapter_weights",
-    "lora_layers",
-    "lora_state_dict",
-    "mark_only_lora_as_trainable",
-    "merge_lora",
-    "read_adapter_config",
-    "save_adapter",
-    "set_auto_merge",
-    "unload_lora",
-    "unmerge_lora",
-]
+import importlib
+
+# Where each public name lives. They are imported on first use (PEP 562), so that `import loralab.lora.config`
+# (a RunConfig builds a LoRAConfig) and with it `loralab --help` load no torch.
+_HOMES = {
+    "LoRAConfig": "config",
+    "LoRALinear": "layer",
+    "apply_lora": "inject",
+    "count_parameters": "inject",
+    "find_target_modules": "inject",
+    "linear_module_names": "inject",
+    "load_adapter": "adapters",
+    "load_adapter_weights": "io",
+    "lora_layers": "inject",
+    "lora_state_dict": "inject",
+    "mark_only_lora_as_trainable": "inject",
+    "merge_lora": "inject",
+    "read_adapter_config": "io",
+    "save_adapter": "io",
+    "set_auto_merge": "inject",
+    "unload_lora": "inject",
+    "unmerge_lora": "inject",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
