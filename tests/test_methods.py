@@ -1,6 +1,7 @@
 """The adaptation methods besides LoRA: which parameters train, what is saved, and that a run reloads exactly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,18 @@ def test_method_trains_through_the_cli_and_eval_reproduces_it(
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method
+    sources, printed = summary["data_sources"], capsys.readouterr()
+    assert list(sources) == ["train", "validation", "test"]
+    for split, used in (("train", 32), ("validation", 16), ("test", 16)):
+        source = sources[split]
+        assert (source["dataset"], source["split"], source["kind"], source["used"]) == (
+            "rotten_tomatoes",
+            split,
+            "data_dir",
+            used,
+        )
+        assert source["rows"] >= used and Path(source["location"]).name == f"{split}.jsonl"
+        assert f"{split}: {used} examples from {source['description']}" in printed.out + printed.err
     evals = [
         json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in line
     ]

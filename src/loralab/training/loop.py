@@ -250,6 +250,10 @@ def run_summary(run: Run, metrics: dict, train_peak_mb: float, eval_time: float)
         "epochs_completed": epochs_done,
         "steps": state.step,
         "train_examples": len(run.rows["train"]),
+        # where each split came from, and how many of its rows the run used (max_*_samples)
+        "data_sources": {
+            split: source.as_dict() | {"used": len(run.rows[split])} for split, source in run.sources.items()
+        },
         "best_val_loss": state.best_val_loss,
         "best_step": state.best_step,
         "stopped_early": state.stopped_early,

@@ -87,6 +87,7 @@ class Run:
     log: Callable[[str], None] = field(init=False)  # one voice: rank 0 speaks and writes, the others compute
     # _setup_data
     rows: dict[str, list[dict]] = field(init=False)  # train, validation, test
+    sources: dict[str, Provenance] = field(init=False)  # where each split's rows came from
     # _setup_model
     model: torch.nn.Module = field(init=False)
     tokenizer: object = field(init=False)
@@ -138,14 +139,9 @@ def _setup_run(run: Run, resume: bool, overwrite: bool) -> None:
     run.out = prepare_out_dir(config, resume, overwrite) if run.world.main else Path(config.out_dir)
 
 
-def _origin(source: Provenance) -> str:
-    """Which kind of source a split came from (all splits of a run must share one)."""
-    return source.origin
-
-
 def _setup_data(run: Run) -> None:
-    config, origins = run.config, set()
-    run.rows = {}
+    config = run.config
+    run.rows, run.sources = {}, {}
     for split, limit, offset in (
         ("train", config.max_train_samples, 0),
         ("validation", config.max_eval_samples, 1),
@@ -153,9 +149,11 @@ def _setup_data(run: Run) -> None:
     ):
         loaded, source = run.task.load_split(config, split)
         run.rows[split] = random_subset(loaded, limit, config.seed + offset)
+        run.sources[split] = source
         run.log(f"{split}: {len(run.rows[split]):,} examples from {source}")
-        origins.add(_origin(source))
-    if len(origins) > 1:  # e.g. train from a file, test from another split of the same texts: leakage
+    if (
+        len({source.origin for source in run.sources.values()}) > 1
+    ):  # e.g. train from a file, test from another split of the same texts: leakage
         raise UserError(
             "the train, validation and test splits came from different sources; put all three "
             "files in the same folder (LORALAB_DATA_DIR or data_path)"
