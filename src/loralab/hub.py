@@ -22,11 +22,10 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", *LIBRARY_OFFLINE_VARS.values())
 PROBE_TIMEOUT_S = 3.0
 
 
-def offline_flag(library: str | None = None) -> str | None:
-    """The name of the offline flag that is set for `library` ("transformers" or "datasets"; None: any
-    library), read now (huggingface_hub reads its own once, at import)."""
-    names = OFFLINE_VARS if library is None else ("HF_HUB_OFFLINE", LIBRARY_OFFLINE_VARS[library])
-    for var in names:
+def offline_flag(library: str) -> str | None:
+    """The name of the offline flag that is set for `library` ("transformers" or "datasets"), read now
+    (huggingface_hub reads its own once, at import)."""
+    for var in ("HF_HUB_OFFLINE", LIBRARY_OFFLINE_VARS[library]):
         if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
             return var
     return "HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else None
@@ -56,7 +55,7 @@ def unreachable_reason(timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     return None if outcome[0] is None else f"{url} unreachable: {outcome[0]}"
 
 
-def skip_reason(library: str | None = None) -> str | None:
+def skip_reason(library: str) -> str | None:
     """Why the hub will not be tried now for `library` (see offline_flag): "HF_HUB_OFFLINE is set",
     "... unreachable: ...", else None."""
     flag = offline_flag(library)

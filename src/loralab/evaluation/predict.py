@@ -37,12 +37,14 @@ def _batched(
     tokenizer,
     texts: list[str],
     config: RunConfig,
-    template: str,
+    template: str | None,
     desc: str,
     run_batch: Callable[[list[list[int]]], list[str]],
 ) -> list[str]:
-    """Encode every prompt, run `run_batch` on length-sorted batches, return outputs in the order given."""
+    """Encode every prompt (into `template`, else config.template), run `run_batch` on length-sorted batches,
+    return outputs in the order given."""
     model.eval()
+    template = config.template if template is None else template
     encoded = [encode_prompt(tokenizer, template, t, config.max_length) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(texts)
@@ -73,9 +75,7 @@ def generate(
         generated = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
         return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
 
-    return _batched(
-        model, tokenizer, texts, config, config.template if template is None else template, desc, run_batch
-    )
+    return _batched(model, tokenizer, texts, config, template, desc, run_batch)
 
 
 @torch.inference_mode()
@@ -89,7 +89,6 @@ def generate_per_row(
 ) -> list[str]:
     """Continuations of `prompts` (used as given) by a causal LM with several adapters loaded, prompt i through
     adapter adapters[i] (None: the base model); prompts with different adapters share batches."""
-
     if model_kind(model) != "causal":
         raise UserError("several adapters in one batch work for causal language models; generate one by one")
     options = _generation_options(config, tokenizer)
@@ -121,9 +120,7 @@ def generate_seq2seq(
         generated = model.generate(**batch, **options)
         return [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
 
-    return _batched(
-        model, tokenizer, texts, config, config.template if template is None else template, desc, run_batch
-    )
+    return _batched(model, tokenizer, texts, config, template, desc, run_batch)
 
 
 def predict_labels(
@@ -142,6 +139,4 @@ def predict_labels(
         logits = model(**batch).logits
         return [config.label_words[int(i)] for i in logits.argmax(dim=-1)]
 
-    return _batched(
-        model, tokenizer, texts, config, config.template if template is None else template, desc, run_batch
-    )
+    return _batched(model, tokenizer, texts, config, template, desc, run_batch)

@@ -162,8 +162,7 @@ def _setup_data(run: Run) -> None:
 
 def _setup_model(run: Run) -> None:
     config = run.config
-    torch.manual_seed(config.seed)
-    model, run.tokenizer = load_base(config, run.device)
+    model, run.tokenizer = load_base(config, run.device)  # seeded with config.seed first
     run.kind = kind = get_kind(model_kind(model))
     if not kind.generative and run.task.label is None:
         raise UserError(
