@@ -1,4 +1,5 @@
-"""Reading a table file: .jsonl/.json (JSON lines or a JSON list), .csv, .tsv or .parquet, each row a dict.
+"""Reading a table file: .jsonl/.json (JSON lines or a JSON list), .csv, .tsv or .parquet, each row a dict; and
+a plain-text file (.txt) as blocks of lines, each row {"text": block}, for raw-text training.
 
 Every problem is a one-line UserError naming the file, the line (or item, or row) and the fix: a missing file,
 an unsupported type, a missing column, a line that does not parse, text that is not UTF-8.
@@ -15,6 +16,7 @@ from loralab.errors import UserError
 from loralab.files import json_lines
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+TEXT_SUFFIX = ".txt"  # read by read_text_blocks, not read_table (a table needs named columns)
 
 
 def read_table(path: str | Path, columns: Sequence[str]) -> list[dict]:
@@ -118,3 +120,31 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> list[tuple[str, dict]]:
         ) from None
     _check_columns(path, table.column_names, columns)
     return [(f"row {number}", row) for number, row in enumerate(table.to_pylist(), 1)]
+
+
+def read_text_blocks(path: str | Path) -> list[tuple[str, dict]]:
+    """Rows {"text": block} of a plain-text file, each with the line it starts on ("line 5"). Blocks are runs of
+    non-blank lines (a speech, a paragraph, a poem's stanza), joined with newlines; blank lines separate them."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path} {'is a folder' if path.is_dir() else 'not found'}; pass a text file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from None
+    rows: list[tuple[str, dict]] = []
+    block: list[str] = []
+    start = 0
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # line numbers as editors count
+    for number, line in enumerate([*lines, ""], 1):  # the "" ends the last block
+        if line.strip():
+            start = start if block else number
+            block.append(line)
+        elif block:
+            rows.append((f"line {start}", {"text": "\n".join(block)}))
+            block = []
+    if not rows:
+        raise UserError(f"{path} is empty; it has no text")
+    return rows
