@@ -1,50 +1,87 @@
 """Task metrics.
 
-Classification: accuracy, per-class precision / recall / F1, invalid rate. Text: BLEU (Papineni et al. 2002, via
-sacrebleu), ROUGE (Lin 2004, via rouge-score), token-level precision / recall / F1. Code: pass@k (Chen et al.
-2021). sacrebleu and rouge-score are imported inside the functions that need them (together about 0.7 s).
+Classification: accuracy, per-class and macro precision / recall / F1, invalid rate, confusion matrix. Text:
+BLEU (Papineni et al. 2002) and chrF (Popović 2015), both via sacrebleu on its 0-100 scale; ROUGE (Lin 2004, via
+rouge-score); SQuAD exact match and word F1 (Rajpurkar et al. 2016); code-token precision / recall / F1; all
+but BLEU and chrF on a 0-1 scale. text_metrics computes a chosen set of them by name (METRIC_NAMES). Language
+modelling: perplexity. Code: pass@k (Chen et al. 2021). sacrebleu and rouge-score are imported inside the
+functions that need them (together about 0.7 s).
 """
 
 from __future__ import annotations
 
+import math
 import re
+import string
 from collections import Counter
+from collections.abc import Sequence
+
+# The names text_metrics accepts (a literal tuple: the config layer, below this one, reads it without importing).
+METRIC_NAMES = (
+    "exact_match",
+    "token_f1",
+    "bleu",
+    "chrf",
+    "rougeL",
+    "rougeLsum",
+    "code_token_f1",
+    "bleu_batched16",
+)
 
 
 def match_label(generated: str, label_words: list[str]) -> int | None:
-    """Index of the label word that starts the generated text (after whitespace, case-insensitive), or None."""
+    """Index of the label word that starts the generated text (after whitespace, case-insensitive), or None;
+    the longest such word when one is the start of another ("card" and "card_arrival")."""
     text = generated.lstrip().lower()
-    for index, word in enumerate(label_words):
-        if text.startswith(word.lower()):
-            return index
-    return None
+    matches = [i for i, word in enumerate(label_words) if text.startswith(word.lower())]
+    return max(matches, key=lambda i: len(label_words[i])) if matches else None
+
+
+def _confusion(expected: list[int], predicted: list[int | None], n_classes: int) -> list[list[int]]:
+    """Counts: rows = expected class, columns = predicted class, then one column for no label (None)."""
+    matrix = [[0] * (n_classes + 1) for _ in range(n_classes)]
+    for e, p in zip(expected, predicted, strict=True):
+        if not 0 <= e < n_classes or (p is not None and not 0 <= p < n_classes):
+            raise ValueError(f"class indices must be in 0..{n_classes - 1}: expected {e}, predicted {p}")
+        matrix[e][n_classes if p is None else p] += 1
+    return matrix
 
 
 def classification_metrics(expected: list[int], predicted: list[int | None], label_words: list[str]) -> dict:
-    """Accuracy, per-class P/R/F1 and macro F1; a prediction of None (no label at all) is wrong and invalid."""
+    """Accuracy, per-class P/R/F1, macro P/R/F1 and the confusion matrix, for any number of classes.
+
+    A prediction of None (no label at all) is wrong and invalid. Per-class precision, recall or F1 with a zero
+    denominator is 0, and the macro averages are the unweighted means over classes. "precision", "recall" and
+    "f1" are those of the last label (the positive class of a two-class task). "confusion" is {"labels":
+    label_words, "matrix": rows = expected class, columns = predicted class then one "invalid" column}.
+    """
     if len(expected) != len(predicted):
         raise ValueError("expected and predicted differ in length")
     n = len(expected)
-    correct = sum(e == p for e, p in zip(expected, predicted, strict=True))
+    matrix = _confusion(expected, predicted, len(label_words))
+    correct = sum(matrix[i][i] for i in range(len(label_words)))
     result: dict = {
         "n": n,
         "accuracy": correct / n if n else 0.0,
         "invalid_rate": sum(p is None for p in predicted) / n if n else 0.0,
         "per_class": {},
     }
-    f1s = []
+    per_class = []
     for index, word in enumerate(label_words):
-        tp = sum(e == index and p == index for e, p in zip(expected, predicted, strict=True))
-        fp = sum(e != index and p == index for e, p in zip(expected, predicted, strict=True))
-        fn = sum(e == index and p != index for e, p in zip(expected, predicted, strict=True))
+        tp = matrix[index][index]
+        fp = sum(row[index] for row in matrix) - tp
+        fn = sum(matrix[index]) - tp
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         result["per_class"][word] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
-        f1s.append(f1)
-    result["macro_f1"] = sum(f1s) / len(f1s) if f1s else 0.0
+        per_class.append((precision, recall, f1))
+    for column, key in ((2, "f1"), (0, "precision"), (1, "recall")):
+        values = [scores[column] for scores in per_class]
+        result[f"macro_{key}"] = sum(values) / len(values) if values else 0.0
     positive = result["per_class"][label_words[-1]]
     result.update(precision=positive["precision"], recall=positive["recall"], f1=positive["f1"])
+    result["confusion"] = {"labels": list(label_words), "matrix": matrix}
     return result
 
 
@@ -135,26 +172,128 @@ def token_prf(hypotheses: list[str], references: list[str]) -> dict:
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
+# A sentence ends at . ! or ? followed by whitespace (no abbreviation list: "Dr. Smith" is split too).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentence_lines(text: str) -> str:
+    """`text` with one sentence per line, as rougeLsum reads it: a text that already has newlines is kept as
+    it is; otherwise it is split after every . ! or ? that whitespace follows."""
+    if "\n" in text:
+        return text
+    return "\n".join(_SENTENCE_END.split(text.strip()))
+
 
 def rouge(hypotheses: list[str], references: list[str]) -> dict:
-    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures (Lin 2004) on a 0-1 scale, averaged over examples.
+    """ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (Lin 2004) on a 0-1 scale, averaged over examples.
 
     Computed by Google's rouge-score package with its Porter stemmer on ("running" matches "run") and its
     default tokenizer, which lowercases and keeps only runs of ASCII letters and digits (punctuation, symbols
-    and non-Latin letters are dropped). ROUGE-L is sentence-level LCS, not rougeLsum. Returns {"rouge1",
-    "rouge2", "rougeL", "n"}.
+    and non-Latin letters are dropped). rougeL is the LCS of the whole texts; rougeLsum is the summary-level
+    LCS over sentences (the union of each reference sentence's LCS with all hypothesis sentences), with the
+    sentences put on lines by sentence_lines. The ROUGE-L that papers publish for CNN/DailyMail (the original
+    ROUGE-1.5.5 script on sentence-split summaries) is ROUGE-Lsum, not rougeL. Returns {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"}.
     """
     from rouge_score import rouge_scorer
 
     _check_pairs(hypotheses, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    # Given rougeLsum alone, rouge-score tokenizes only sentence by sentence, so nothing is tokenized twice.
+    summary_scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    totals = dict.fromkeys((*ROUGE_TYPES, "rougeLsum"), 0.0)
     for hypothesis, reference in zip(hypotheses, references, strict=True):
         scores = scorer.score(reference, hypothesis)  # rouge-score takes (target, prediction)
         for key in ROUGE_TYPES:
             totals[key] += scores[key].fmeasure
+        summary = summary_scorer.score(sentence_lines(reference), sentence_lines(hypothesis))
+        totals["rougeLsum"] += summary["rougeLsum"].fmeasure
     n = len(hypotheses)
     return {key: value / n for key, value in totals.items()} | {"n": n}
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation (Rajpurkar et al. 2016): lowercase, drop ASCII punctuation, drop the
+    articles a / an / the, collapse whitespace."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+def exact_match(hypotheses: list[str], references: list[str]) -> float:
+    """Share of hypotheses equal to their reference after normalize_answer (SQuAD exact match), 0-1."""
+    _check_pairs(hypotheses, references)
+    pairs = zip(hypotheses, references, strict=True)
+    return sum(normalize_answer(h) == normalize_answer(r) for h, r in pairs) / len(hypotheses)
+
+
+def word_f1(hypotheses: list[str], references: list[str]) -> float:
+    """SQuAD token F1 (Rajpurkar et al. 2016), 0-1, averaged over examples: the words of normalize_answer
+    (split on whitespace) as bags, overlap = sum of min counts, F1 of overlap / hypothesis words and overlap /
+    reference words. Two texts with no words score 1, one of them alone 0. Compare token_prf, on code tokens."""
+    _check_pairs(hypotheses, references)
+    total = 0.0
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        hyp = Counter(normalize_answer(hypothesis).split())
+        ref = Counter(normalize_answer(reference).split())
+        overlap = sum((hyp & ref).values())
+        if not hyp or not ref:
+            total += float(hyp == ref)
+        elif overlap:
+            precision, recall = overlap / sum(hyp.values()), overlap / sum(ref.values())
+            total += 2 * precision * recall / (precision + recall)
+    return total / len(hypotheses)
+
+
+def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (Popović 2015) on a 0-100 scale, one reference per hypothesis, sacrebleu defaults (as
+    `sacrebleu -m chrf`): character n-grams of orders 1-6 with whitespace removed, no word n-grams, beta = 2
+    (recall twice as important as precision), case-sensitive, match counts summed over the corpus."""
+    import sacrebleu
+
+    _check_pairs(hypotheses, references)
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+
+
+def text_metrics(names: Sequence[str], hypotheses: list[str], references: list[str]) -> dict:
+    """The metrics `names` (from METRIC_NAMES) of hypotheses against references, as a flat dict plus "n".
+
+    exact_match (0-1) and token_f1 (word_f1, 0-1): SQuAD-normalised words. bleu and bleu_batched16 (0-100):
+    sacrebleu's 13a tokens (bleu_batched16 is batched_bleu over batches of 16, only to match old reports).
+    chrf (0-100): characters. rougeL and rougeLsum (0-1): rouge-score's stemmed lowercase words. code_token_f1
+    (0-1): code_tokens, with code_token_precision and code_token_recall beside it. An unknown name is a
+    ValueError.
+    """
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown text metric {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+    _check_pairs(hypotheses, references)
+    result: dict = {}
+    simple = {"exact_match": exact_match, "token_f1": word_f1, "bleu": corpus_bleu, "chrf": corpus_chrf}
+    for name in names:
+        if name in simple:
+            result[name] = simple[name](hypotheses, references)
+        elif name == "bleu_batched16":
+            result[name] = batched_bleu(hypotheses, references, 16)
+        elif name == "code_token_f1":
+            prf = token_prf(hypotheses, references)
+            result |= {f"code_token_{key}": prf[key] for key in ("precision", "recall", "f1")}
+    if "rougeL" in names or "rougeLsum" in names:
+        scores = rouge(hypotheses, references)
+        result |= {name: scores[name] for name in ("rougeL", "rougeLsum") if name in names}
+    return result | {"n": len(hypotheses)}
+
+
+def perplexity(loss_sum: float, n_tokens: int) -> float:
+    """exp(loss_sum / n_tokens), the perplexity of a summed token cross-entropy (in nats); inf when that
+    overflows or the loss is inf (NaN stays NaN). No tokens is a ValueError."""
+    if n_tokens <= 0:
+        raise ValueError(f"perplexity needs at least one token, got {n_tokens}")
+    try:
+        return math.exp(loss_sum / n_tokens)
+    except OverflowError:
+        return math.inf
 
 
 # ---------------------------------------------------------------------------------------------- code
