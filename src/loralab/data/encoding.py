@@ -1,13 +1,14 @@
 """From (prompt, answer) text pairs to padded batches: tokenize, mask the prompt out of the loss, group lengths.
 
-Batches are LEFT-padded: every sequence ends at the last column, so the answer tokens sit in the last few
-columns and the loss needs logits only there (see loss.py). Position ids are passed explicitly so that
-padding does not shift positions.
+Batches are LEFT-padded: every sequence ends at the last column, so a single answer's tokens sit in the last few
+columns and the loss needs logits only there (see loss.py; a multi-turn example from data.chat marks several
+answers with `Encoded.trained`). Position ids are passed explicitly so that padding does not shift positions.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,14 +18,29 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of prompt + answer; the first n_prompt ids are the prompt (not trained on)."""
+    """Token ids of prompt + answer; the first n_prompt ids are the prompt (not trained on).
+
+    `trained` marks the ids the loss is taken on, one flag per id, for examples with several answers (the
+    assistant turns of a conversation); None = every id from n_prompt on. n_prompt is then the number of ids
+    before the first trained one.
+    """
 
     input_ids: list[int]
     n_prompt: int
+    trained: tuple[bool, ...] | None = None
 
     @property
     def n_answer(self) -> int:
-        return len(self.input_ids) - self.n_prompt
+        """The number of trained ids."""
+        return len(self.input_ids) - self.n_prompt if self.trained is None else sum(self.trained)
+
+    def labels(self) -> torch.Tensor:
+        """The ids where they are trained, IGNORE elsewhere."""
+        ids = torch.tensor(self.input_ids, dtype=torch.long)
+        if self.trained is None:
+            ids[: self.n_prompt] = IGNORE
+            return ids
+        return ids.masked_fill_(~torch.tensor(self.trained, dtype=torch.bool), IGNORE)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -76,13 +92,24 @@ def encode_prompt(tokenizer, template: str, text: str, max_length: int) -> list[
     instruction before it and the cue after it (e.g. "Summary:") survive. A template too long even with no
     text at all is cut from the left.
     """
-    ids = tokenizer(fill(template, text), verbose=False).input_ids  # no "longer than the maximum" warning
+    return fit_text(_filled(tokenizer, template), text, max_length)
+
+
+def _filled(tokenizer, template: str) -> Callable[[str], list[int]]:
+    """text -> the ids of the template filled with it (verbose=False: no "longer than the maximum" warning)."""
+    return lambda text: tokenizer(fill(template, text), verbose=False).input_ids
+
+
+def fit_text(encode: Callable[[str], list[int]], text: str, max_length: int) -> list[int]:
+    """encode(text) when it has at most max_length ids, else encode(the longest prefix of text that fits),
+    found by bisection; when even encode("") is too long, the last max_length ids of encode(text)."""
+    ids = encode(text)
     if len(ids) <= max_length:
         return ids
     low, high, best = 0, len(text), None
     while low <= high:
         middle = (low + high) // 2
-        candidate = tokenizer(fill(template, text[:middle])).input_ids
+        candidate = encode(text[:middle])
         if len(candidate) <= max_length:
             best, low = candidate, middle + 1
         else:
@@ -109,14 +136,24 @@ def encode_example(tokenizer, template: str, text: str, answer: str, max_length:
     than half of max_length (long code or summaries) keeps the prompt at least that half and loses its own
     end, EOS included (the model must not learn to stop where the text was merely cut).
     """
-    answer = answer_ids(tokenizer, answer)
-    prompt = encode_prompt(tokenizer, template, text, max_length)
+    prompt, answer = fit_example(
+        _filled(tokenizer, template), text, answer_ids(tokenizer, answer), max_length
+    )
+    return Encoded(prompt + answer, len(prompt))
+
+
+def fit_example(
+    encode: Callable[[str], list[int]], text: str, answer: list[int], max_length: int
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of at most max_length in all, by encode_example's rule; encode(text) gives the
+    prompt's ids with `text` in it (fit_text cuts text)."""
+    prompt = fit_text(encode, text, max_length)
     room = max_length - len(answer)
     if len(prompt) > room:
         budget = max(room, min(len(prompt), max_length // 2))
-        prompt = encode_prompt(tokenizer, template, text, budget) if budget < len(prompt) else prompt
+        prompt = fit_text(encode, text, budget) if budget < len(prompt) else prompt
         answer = answer[: max(0, max_length - len(prompt))]
-    return Encoded(prompt + answer, len(prompt))
+    return prompt, answer
 
 
 def encode_seq2seq(tokenizer, template: str, text: str, answer: str, max_length: int) -> Seq2SeqExample:
@@ -155,7 +192,7 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length:
 
 
 def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad to the longest example; labels are IGNORE on prompt and padding."""
+    """Left-pad to the longest example; labels are the trained ids, IGNORE elsewhere (prompt, padding)."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -164,7 +201,7 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         n = len(example.input_ids)
         input_ids[row, width - n :] = torch.tensor(example.input_ids)
         attention_mask[row, width - n :] = 1
-        labels[row, width - example.n_answer :] = torch.tensor(example.input_ids[example.n_prompt :])
+        labels[row, width - n :] = example.labels()
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     return {
         "input_ids": input_ids,
@@ -219,9 +256,7 @@ def collate_packed(
             n = len(example)
             positions[r, column : column + n] = torch.arange(n)
             segment[r, column : column + n] = k
-            labels[r, column + example.n_prompt : column + n] = torch.tensor(
-                example.input_ids[example.n_prompt :]
-            )
+            labels[r, column : column + n] = example.labels()
             column += n
     same = segment[:, :, None] == segment[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()

@@ -4,7 +4,8 @@ For the decoder LMs whose logits are exactly `lm_head(body(...).last_hidden_stat
 body's hidden states at the positions that predict a target are gathered and handed to head_loss.py, which
 makes their logits a chunk at a time: the LM head, often a fifth of a small model's compute, runs only where
 there are targets and the vocabulary-size logits tensor never exists whole. Other models are asked for the
-last K+1 positions' logits (`logits_to_keep`): with left-padded batches the answer occupies the last K columns.
+last K+1 positions' logits (`logits_to_keep`), K counted from the first column holding a target: with
+left-padded batches a single answer occupies the last K columns.
 """
 
 from __future__ import annotations
@@ -78,8 +79,11 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
             hidden[:, :-1][predicts], head.weight, head.bias, labels[:, 1:][predicts]
         )
         return loss, int(predicts.sum())
-    k = int((labels != IGNORE).sum(dim=1).max())  # the answer fills the last k columns (left padding)
+    # Logits from the first column holding a target on: with left padding a single answer fills the last k
+    # columns; the assistant turns of a conversation (data.chat) can start further left, with gaps.
     width = labels.shape[1]
+    to_end = torch.arange(width, 0, -1, device=labels.device)  # columns from c to the end
+    k = int(torch.where((labels != IGNORE).any(dim=0), to_end, 0).max())
     keep = min(k + 1, width)
     if accepts(type(model), "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep).logits
