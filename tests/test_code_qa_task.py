@@ -4,7 +4,7 @@ import pytest
 
 from loralab.config import load_config
 from loralab.evaluation import code_eval
-from loralab.tasks import code_qa
+from loralab.tasks import code_checks as code_qa
 
 
 @pytest.fixture(autouse=True)

@@ -576,7 +576,7 @@ def test_seq2seq_run_with_the_code_vocab_trains_saves_and_re_scores_identically(
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_kind"] == "seq2seq" and summary["metrics"]["n"] == 4
-    assert {"bleu", "token_precision", "token_recall", "token_f1"} <= summary["metrics"].keys()
+    assert {"bleu", "code_token_precision", "code_token_recall", "code_token_f1"} <= summary["metrics"].keys()
     vocab = load_code_vocab(out / "adapter")
     assert vocab.modules_to_save == MODELS["bert2bert"][2]
     with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as saved:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loralab.config import CHOICES, DATASETS, TASK_DEFAULTS, RunConfig, field_help, load_config, registries
+from loralab.config import CHOICES, TASK_DEFAULTS, RunConfig, field_help, load_config, registries
 from loralab.errors import UserError
 
 
@@ -109,28 +109,40 @@ def test_every_field_has_help_and_the_first_field_starts_a_section():
 
 
 def test_choices_are_the_registries_names():
+    from loralab.data.builtin import BUILTIN
+    from loralab.data.formats import FORMATS
+    from loralab.evaluation.metrics import METRIC_NAMES
     from loralab.evaluation.sandbox.supervisor import LEVELS
     from loralab.lora.config import BIAS_MODES, INIT_MODES
     from loralab.methods import METHODS
-    from loralab.tasks import TASKS
+    from loralab.tasks import FAMILIES
+    from loralab.tasks.presets import PRESETS
     from loralab.training.kinds import KINDS
 
     assert CHOICES["method"] == tuple(METHODS)
-    assert CHOICES["task"] == tuple(TASKS) == tuple(TASK_DEFAULTS) == tuple(DATASETS)
+    assert CHOICES["task"] == (*FAMILIES, *PRESETS) == tuple(TASK_DEFAULTS)
+    assert tuple(BUILTIN) == registries.BUILTIN_DATASETS
+    assert CHOICES["format"] == ("auto", *FORMATS) and registries.METRIC_NAMES == METRIC_NAMES
     assert CHOICES["bias"] == BIAS_MODES and CHOICES["init"] == INIT_MODES
     assert CHOICES["model_kind"] == ("auto", *KINDS)
     assert CHOICES["code_eval_isolation"] == LEVELS
 
 
-def test_task_defaults_are_the_task_modules_own():
-    for task in TASK_DEFAULTS:
-        module = importlib.import_module(f"loralab.tasks.{task}")
-        assert TASK_DEFAULTS[task] == module.DEFAULTS and DATASETS[task] == module.DATASETS
-        assert module.DEFAULTS["dataset"] in module.DATASETS
-        config = load_config(None, [f"--task={task}"])
-        assert (config.dataset, config.template, config.max_new_tokens) == (
-            module.DEFAULTS["dataset"], module.DEFAULTS["template"], module.DEFAULTS["max_new_tokens"]
-        )  # fmt: skip
+def test_task_defaults_are_the_family_modules_own_with_the_presets_over_them():
+    from loralab.tasks.presets import PRESETS
+
+    for task, defaults in TASK_DEFAULTS.items():
+        family = PRESETS.get(task, {}).get("family", task)
+        module = importlib.import_module(f"loralab.tasks.{family}")
+        preset = {k: v for k, v in PRESETS.get(task, {}).items() if k != "family"}
+        assert defaults == module.DEFAULTS | preset
+        assert registries.ROLES[family] == module.ROLES
+        config = load_config(
+            None,
+            [f"--task={task}", "--dataset=my.jsonl"] if not defaults.get("dataset") else [f"--task={task}"],
+        )
+        for key, value in defaults.items():
+            assert getattr(config, key) == value or not value, (task, key)
 
 
 def test_help_lists_each_keys_choices_and_task_defaults():
@@ -139,10 +151,9 @@ def test_help_lists_each_keys_choices_and_task_defaults():
         listed = helps[key].split("one of: ", 1)[1].split(";")[0]
         assert listed.split(", ") == [choice or '""' for choice in allowed], key
     for task, defaults in TASK_DEFAULTS.items():
-        assert f"{task}: {defaults['max_new_tokens']}" in helps["max_new_tokens"]
-        assert f"{task}: {json.dumps(defaults['template'])}" in helps["template"]
-        marked = (f"{name} (default)" if name == defaults["dataset"] else name for name in DATASETS[task])
-        assert f"{task}: {', '.join(marked)}" in helps["dataset"]
+        for key, value in defaults.items():
+            if value:
+                assert f"{task}: {json.dumps(value)}" in helps[key], (task, key)
 
 
 def test_config_imports_none_of_the_layers_whose_registries_it_reads():

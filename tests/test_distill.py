@@ -85,11 +85,11 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
     # the teacher's class logits in a padded batch equal those of each prompt run alone
     from loralab.data.encoding import encode_prompt
     from loralab.methods.distill import compute_teacher_logits
-    from loralab.tasks.rotten_tomatoes import load_split
+    from loralab.tasks import get_task
     from loralab.training.run_model import load_for_inference
 
     config = load_config(None, [f"--teacher={teacher}", "--method=distill"], base=load_config(DEMO, SMALL))
-    rows = load_split(config, "test")[0][:5]
+    rows = get_task(config.task).load_data(config, ("test",)).rows["test"][:5]
     batched = compute_teacher_logits(config, rows, load_for_inference)
     model, tokenizer, _, _ = load_for_inference(json_config(teacher), teacher)
     label_ids = [tokenizer(" negative")["input_ids"][0], tokenizer(" positive")["input_ids"][0]]

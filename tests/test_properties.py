@@ -37,14 +37,16 @@ from transformers.pytorch_utils import Conv1D
 
 from loralab import LoRALinear
 from loralab.config import (
+    BUILTIN_DATASETS,
     CHOICES,
-    DATASETS,
+    FAMILY_OF,
     NON_NEGATIVE,
     POSITIVE,
     RunConfig,
     config_from_dict,
     field_types,
     load_config,
+    registries,
     validate,
     with_task_defaults,
 )
@@ -75,17 +77,27 @@ INT64 = (-(2**63), 2**63 - 1)
 
 
 def _label_words_ok(words: list[str]) -> bool:
-    a, b = words
-    return (
-        a.lower() != b.lower() and not a.lower().startswith(b.lower()) and not b.lower().startswith(a.lower())
-    )
+    return len({w.lower() for w in words}) == len(words) and all(w.strip() for w in words)
 
 
 SPECIAL: dict[str, st.SearchStrategy] = {
     "out_dir": st.text(min_size=1),
     "template": st.one_of(st.just(""), st.builds(lambda a, b: a + "{text}" + b, st.text(), st.text())),
-    "dataset": st.sampled_from(("",) + tuple(d for names in DATASETS.values() for d in names)),
-    "label_words": st.lists(st.text(min_size=1), min_size=2, max_size=2).filter(_label_words_ok),
+    "dataset": st.sampled_from(("", *BUILTIN_DATASETS, "my_data.jsonl", "user/name")),
+    "label_words": st.one_of(
+        st.just([]), st.lists(st.text(min_size=1), min_size=2, max_size=4).filter(_label_words_ok)
+    ),
+    "metrics": st.lists(st.sampled_from(registries.METRIC_NAMES), max_size=3),
+    "chat_template": st.sampled_from(("", "auto", "tokenizer", "none", "chatml", "gemma", "my.jinja")),
+    # which fields a task has depends on its family: consistent_values draws them
+    "columns": st.just({}),
+    "splits": st.dictionaries(
+        st.sampled_from(("train", "validation", "test")),
+        st.text(min_size=1).filter(
+            lambda t: t.strip() == t and "," not in t and "=" not in t and t[0] != "{"
+        ),
+        max_size=3,
+    ),
     "report_to": st.lists(st.sampled_from(("tensorboard", "wandb")), max_size=3),
     "qkv_parts": st.lists(st.sampled_from("qkv"), unique=True),
     # a string target must be non-blank; on the command line a comma or a leading "[" would make it a list
@@ -143,8 +155,21 @@ def consistent_values(draw, min_size: int = 0) -> dict:
             values["code_eval"] = ""
         else:
             values["task"] = "code_qa"
-    if get("dataset") not in DATASETS[get("task")]:
-        values["dataset"] = draw(st.sampled_from(("",) + DATASETS[get("task")]))
+    if get("metrics") or get("format") != "auto":
+        if FAMILY_OF[get("task")] != "instruction":
+            values["task"] = draw(st.sampled_from(("instruction", "code_qa")))
+        if get("method") == "distill":
+            values["metrics"], values["format"] = [], "auto"
+    if get("score_by") == "likelihood" and FAMILY_OF[get("task")] != "classification":
+        values["score_by"] = "generation"
+    if get("method") == "distill" or get("score_by") == "likelihood":
+        values["task"] = "rotten_tomatoes" if get("method") == "distill" else get("task")
+        values["metrics"], values["format"] = [], "auto"
+    needs_dataset = get("task") in ("classification", "instruction", "text")
+    if needs_dataset and not get("dataset") and not get("data_path"):
+        values["dataset"] = "my_data.jsonl"
+    if get("task") in ("text", "summarization", "cnn_dailymail", "xsum") and get("code_eval"):
+        values["code_eval"] = ""
     if get("code_eval_samples") > 1 and get("temperature") == 0:
         values["temperature"] = draw(field_values("lr"))  # any positive number
     if get("epochs") == 0 and get("max_steps") == 0:
@@ -168,6 +193,12 @@ def override_text(draw, name: str, value: object) -> str:
         text = str(int(value)) if integral and draw(st.booleans()) else repr(value)
     elif kind in (int, str) or isinstance(value, str):
         text = str(value)
+    elif isinstance(value, dict):
+        simple = value and all(v == v.strip() and "," not in v and "=" not in v for v in value.values())
+        if simple and draw(st.booleans()):  # name=value,name=value
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+        else:
+            text = json.dumps(value, ensure_ascii=draw(st.booleans()))
     else:
         simple = value and all(v and v == v.strip() and "," not in v for v in value) and value[0][0] != "["
         if simple and draw(st.booleans()):  # comma form: a, b (a trailing comma makes one name a list)
@@ -240,6 +271,8 @@ def assert_validated(config: RunConfig) -> None:
         value = getattr(config, name)
         if kind in (int, float, str, bool):
             assert type(value) is kind, (name, value)
+        elif isinstance(value, dict):
+            assert all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()), (name, value)
         else:
             assert isinstance(value, str | list), (name, value)
             assert isinstance(value, str) or all(isinstance(v, str) for v in value), (name, value)
@@ -338,10 +371,14 @@ def parses_or_user_error(load, *args) -> RunConfig | None:
     return config
 
 
+# keys whose empty value means "the task's default"
+TASK_KEYS = {key for defaults in registries.TASK_DEFAULTS.values() for key in defaults}
+
+
 def assert_values_kept(config: RunConfig, values: dict) -> None:
     """An accepted key holds the value given (ints widened for float keys; empty task keys take defaults)."""
     for key, value in values.items():
-        if key in ("dataset", "template", "max_new_tokens") and not value:
+        if key in TASK_KEYS and not value:
             continue
         assert getattr(config, key) == value, key
 

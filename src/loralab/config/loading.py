@@ -32,6 +32,8 @@ def _type_name(kind: object) -> str:
         return "a string"
     if typing.get_origin(kind) is list:
         return "a list of strings"
+    if typing.get_origin(kind) is dict:
+        return 'a table of strings, e.g. {text = "sentence"}'
     return "a string or a list of strings"
 
 
@@ -46,6 +48,9 @@ def _check_value(key: str, value: object, kind: object) -> object:
             ) from None
     if kind in (int, float, str, bool) and type(value) is kind:
         return value
+    is_table = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if typing.get_origin(kind) is dict and is_table:
+        return dict(value)
     is_list = isinstance(value, list) and all(isinstance(v, str) for v in value)
     if typing.get_origin(kind) is list and is_list:
         return list(value)
@@ -74,6 +79,8 @@ def _parse_override(key: str, text: str, kind: object) -> object:
         raise UserError(f"--{key} must be {_type_name(kind)}, got {text!r}") from None
     if kind is str:
         return text
+    if typing.get_origin(kind) is dict:
+        return _parse_table(key, text, kind)
     if text.startswith("["):
         try:
             value = json.loads(text)
@@ -84,6 +91,23 @@ def _parse_override(key: str, text: str, kind: object) -> object:
         return [part.strip() for part in text.split(",") if part.strip()]
     # str | list[str]: a comma means a list of names; otherwise a single string (e.g. a regex or all-linear)
     return [part.strip() for part in text.split(",") if part.strip()] if "," in text else text
+
+
+def _parse_table(key: str, text: str, kind: object) -> dict[str, str]:
+    """--columns=text=sentence,label=coarse_label or --columns='{"text": "sentence"}'."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise UserError(f"--{key} looks like a JSON object but does not parse: {text!r}") from None
+        return _check_value(key, value, kind)
+    table = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UserError(f"--{key} must look like --{key}=name=value,name=value, got {text!r}")
+        table[name.strip()] = value.strip()
+    return table
 
 
 def _unknown_key(key: str) -> UserError:

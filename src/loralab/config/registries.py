@@ -70,14 +70,27 @@ def keys(module: str, name: str) -> tuple[str, ...]:
 
 
 METHODS = keys("loralab.methods", "METHODS")
-TASKS = keys("loralab.tasks", "TASKS")
+FAMILIES = keys("loralab.tasks", "FAMILIES")
+PRESETS: dict[str, dict[str, object]] = literal("loralab.tasks.presets", "PRESETS")
+TASKS = FAMILIES + tuple(PRESETS)
+BUILTIN_DATASETS = keys("loralab.data.builtin", "BUILTIN")
+FORMATS = literal("loralab.data.formats", "FORMATS")
+METRIC_NAMES = literal("loralab.evaluation.metrics", "METRIC_NAMES")
 MODEL_KINDS = keys("loralab.training.kinds", "KINDS")
 ISOLATION_LEVELS = literal("loralab.evaluation.sandbox.supervisor", "Level")
 BIAS_MODES = literal("loralab.lora.config", "BIAS_MODES")
 INIT_MODES = literal("loralab.lora.config", "INIT_MODES")
 
-# What an empty dataset / template / max_new_tokens means for each task, and the datasets each task reads.
-TASK_DEFAULTS: dict[str, dict[str, object]] = {
-    task: literal(f"loralab.tasks.{task}", "DEFAULTS") for task in TASKS
+# The family of each task (a family is its own), the fields its `columns` may map, and what each key left
+# empty means for it: the family's DEFAULTS, with a preset's values over them.
+FAMILY_OF: dict[str, str] = {family: family for family in FAMILIES} | {
+    name: str(preset["family"]) for name, preset in PRESETS.items()
 }
-DATASETS: dict[str, tuple[str, ...]] = {task: literal(f"loralab.tasks.{task}", "DATASETS") for task in TASKS}
+ROLES: dict[str, tuple[str, ...]] = {
+    family: literal(f"loralab.tasks.{family}", "ROLES") for family in FAMILIES
+}
+TASK_DEFAULTS: dict[str, dict[str, object]] = {
+    task: literal(f"loralab.tasks.{FAMILY_OF[task]}", "DEFAULTS")
+    | {key: value for key, value in PRESETS.get(task, {}).items() if key != "family"}
+    for task in TASKS
+}

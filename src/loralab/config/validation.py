@@ -10,11 +10,14 @@ from dataclasses import fields
 from loralab.config.fields import RunConfig
 from loralab.config.registries import (
     BIAS_MODES,
-    DATASETS,
+    FAMILY_OF,
+    FORMATS,
     INIT_MODES,
     ISOLATION_LEVELS,
     METHODS,
+    METRIC_NAMES,
     MODEL_KINDS,
+    ROLES,
     TASK_DEFAULTS,
     TASKS,
 )
@@ -32,7 +35,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": INIT_MODES,
     "autocast": ("none", "bf16"),
     "on_nonfinite": ("stop", "skip"),
+    "format": ("auto", *FORMATS),
+    "score_by": ("generation", "likelihood"),
 }
+SPLITS = ("train", "validation", "test")
+CHAT_TEMPLATES = ("auto", "tokenizer", "none", "chatml", "gemma")  # or a .jinja file
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
             "code_eval_timeout_s", "n_virtual_tokens", "student_embedding_dim", "student_hidden_size",
             "distill_temperature")  # fmt: skip
@@ -44,11 +51,51 @@ NON_NEGATIVE = (
 REPORTERS = ("tensorboard", "wandb")
 
 
+def family(config: RunConfig) -> str:
+    """The task family of config.task (a preset's family, or the family itself)."""
+    return FAMILY_OF[config.task]
+
+
 def with_task_defaults(config: RunConfig) -> RunConfig:
-    """Fill the keys left empty (dataset, template, max_new_tokens) with the task's defaults."""
+    """Fill the keys left empty (dataset, template, max_new_tokens, label_words, chat_template, metrics) with
+    the task's defaults."""
     defaults = TASK_DEFAULTS.get(config.task, {})
     missing = {key: value for key, value in defaults.items() if not getattr(config, key)}
-    return dataclasses.replace(config, **missing) if missing else config
+    config = dataclasses.replace(config, **missing) if missing else config
+    if not config.dataset and not config.data_path:
+        raise UserError(
+            f"task {config.task} needs a dataset: set dataset = a hub id, a file or a folder (README: Your own "
+            "data), or pick a preset (rotten_tomatoes, code_qa, cnn_dailymail, xsum)"
+        )
+    return config
+
+
+def _check_data_keys(config: RunConfig) -> None:
+    """columns, splits, format, metrics, chat_template and score_by against the task's family."""
+    kind = family(config)
+    roles = ROLES[kind]
+    for role in config.columns:
+        if role not in roles:
+            raise UserError(
+                f"columns: task {config.task} has no field {role!r}; its fields are {', '.join(roles)}"
+            )
+    for split in config.splits:
+        if split not in SPLITS:
+            raise UserError(f"splits: unknown split {split!r}; map train, validation or test")
+    for name in config.metrics:
+        if name not in METRIC_NAMES:
+            raise UserError(f"metrics: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
+    if config.metrics and kind != "instruction":
+        raise UserError(f"metrics chooses instruction metrics; task {config.task} has its own: drop metrics")
+    choice = config.chat_template
+    if choice and choice not in CHAT_TEMPLATES and not choice.endswith((".jinja", ".j2")):
+        raise UserError(
+            f"chat_template must be one of {', '.join(CHAT_TEMPLATES)} or a .jinja file, got {choice!r}"
+        )
+    if config.score_by == "likelihood" and kind != "classification":
+        raise UserError("score_by = likelihood scores label words: it needs a classification task")
+    if config.format != "auto" and kind != "instruction":
+        raise UserError(f"format sets how instruction rows read; task {config.task} does not use it")
 
 
 def validate(config: RunConfig) -> None:
@@ -77,23 +124,21 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"lr must be > 0, got {config.lr}")
     if config.template and "{text}" not in config.template:
         raise UserError("template must contain {text} where the input text goes")
-    if config.dataset and config.dataset not in DATASETS[config.task]:
-        raise UserError(
-            f"dataset {config.dataset!r} does not belong to task {config.task}; "
-            f"choose one of {', '.join(DATASETS[config.task])}"
-        )
+    _check_data_keys(config)
     if config.code_eval_samples > 1 and config.temperature == 0:
         raise UserError(
             "code_eval_samples > 1 needs sampling: set temperature > 0 (e.g. 0.8), or use 1 sample"
         )
-    if config.code_eval and config.task != "code_qa":
-        raise UserError("code_eval runs generated code, which only task code_qa produces; drop code_eval")
-    if len(config.label_words) != 2 or len(set(w.lower() for w in config.label_words)) != 2:
+    if config.code_eval and family(config) != "instruction":
         raise UserError(
-            f"label_words must be two different words (negative, positive), got {config.label_words}"
+            "code_eval runs generated code, which instruction tasks (code_qa) produce; drop code_eval"
         )
-    if any(a.lower().startswith(b.lower()) for a in config.label_words for b in config.label_words if a != b):
-        raise UserError("no label word may start with the other (predictions are matched by prefix)")
+    if config.label_words and (
+        len(config.label_words) < 2 or len({w.lower() for w in config.label_words}) != len(config.label_words)
+    ):
+        raise UserError(f"label_words must be two or more different words, got {config.label_words}")
+    if any(not w.strip() for w in config.label_words):
+        raise UserError("label_words may not be empty or blank; give every label a word")
     if not 0 <= config.distill_alpha <= 1:
         raise UserError(f"distill_alpha must be in [0, 1], got {config.distill_alpha}")
     if config.method == "distill" and config.distill_alpha > 0 and not config.teacher:
@@ -101,9 +146,9 @@ def validate(config: RunConfig) -> None:
             "method distill needs a teacher (a finished run folder or a model name), "
             "or distill_alpha = 0 to train the student on labels alone"
         )
-    if config.method == "distill" and config.task != "rotten_tomatoes":
+    if config.method == "distill" and family(config) != "classification":
         raise UserError(
-            "method distill trains a classifier student; it needs a classification task (rotten_tomatoes)"
+            "method distill trains a classifier student; it needs a classification task (e.g. rotten_tomatoes)"
         )
     for name in config.report_to:
         if name not in REPORTERS:

@@ -55,16 +55,27 @@ def dataset_stats(name: str, tokenizer, path: str | Path | None = None) -> dict:
     A split whose rows equal an earlier split's (one file given for every split) is not added to "all" again.
     """
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise UserError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or pass a config file (.toml) "
+            "naming any dataset"
+        )
+    fields = DATASET_FIELDS[name]
+    return splits_stats(name, tokenizer, {split: fields.load(split, path) for split in SPLITS}, fields)
+
+
+PROMPT_ANSWER = Fields(lambda split, path: ([], None), "prompt", "answer", lambda row: row["answer"])
+
+
+def splits_stats(name: str, tokenizer, loaded: dict[str, Loaded], fields: Fields = PROMPT_ANSWER) -> dict:
+    """dataset_stats of rows already loaded (by default rows {"prompt", "answer"}, as a task makes them)."""
     if isinstance(tokenizer, str):
         tokenizer_name, tokenizer = tokenizer, load_tokenizer(tokenizer)
     else:
         tokenizer_name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    fields = DATASET_FIELDS[name]
     count = _token_counter(tokenizer)
     sources, splits, everything, seen = {}, {}, [], []
     for split in SPLITS:
-        rows, provenance = fields.load(split, path)
+        rows, provenance = loaded[split]
         sources[split] = provenance.describe()
         splits[split] = _split_stats(rows, fields, count)
         if not any(rows == earlier for earlier in seen):

@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from loralab.config import RunConfig, load_config, read_run_config
-from loralab.data.encoding import collate_inputs, collate_prompts, encode_prompt, to_device
+from loralab.data.chat import answer_ids
+from loralab.data.encoding import collate_inputs, collate_prompts, to_device
 from loralab.errors import UserError
 from loralab.evaluation.loss import accepts
+from loralab.evaluation.predict import prompt_ids, run_format
 from loralab.files import read_tensors, write_atomically
 from loralab.methods.base import Method
 from loralab.methods.partial import load_trained, save_trained, unfreeze
@@ -168,11 +170,10 @@ def compute_teacher_logits(config: RunConfig, rows: list[dict], load_run: Callab
     task = get_task(config.task)
     model, tokenizer, device, _ = load_run(teacher_config, run)
     kind = model_kind(model.model if hasattr(model, "prompt") else model)
+    fmt = run_format(tokenizer, teacher_config, causal=kind == "causal")[0]
     if kind == "causal":  # the first token of each label word's answer, read after the prompt
-        ids = [
-            tokenizer(task.answer(teacher_config, {"label": i}), add_special_tokens=False)["input_ids"][0]
-            for i in range(len(teacher_config.label_words))
-        ]
+        before = [{"role": "user", "content": "x"}]
+        ids = [answer_ids(tokenizer, fmt, before, word)[0] for word in teacher_config.label_words]
         if len(set(ids)) != len(ids):
             raise UserError(
                 "the teacher's label words start with the same token; it cannot give class logits"
@@ -180,8 +181,8 @@ def compute_teacher_logits(config: RunConfig, rows: list[dict], load_run: Callab
     elif kind != "classifier":
         raise UserError(f"a {kind} teacher gives no class logits; use a causal LM or classifier run")
     prompts = [
-        encode_prompt(
-            tokenizer, teacher_config.template, task.input_text(teacher_config, r), teacher_config.max_length
+        prompt_ids(
+            tokenizer, fmt, task.input_text(teacher_config, r), teacher_config.max_length, kind == "causal"
         )
         for r in rows
     ]

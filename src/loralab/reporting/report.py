@@ -178,7 +178,6 @@ def write_report(folders: list[Path], out: Path, title: str = "Comparison") -> P
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(runs, "val_loss", out / "val_loss.png", "validation loss")
     _plot_curves(runs, "train_loss", out / "train_loss.png", "training loss")
-    _plot_bars(runs, task.report_metrics[0], out / "bars.png")
     first = runs[0]["config"]
     shared = (
         f"Task {first['task']} ({first['dataset']}), model {first['model']}, seed {first['seed']}, "
@@ -191,6 +190,7 @@ def write_report(folders: list[Path], out: Path, title: str = "Comparison") -> P
         for k in task.report_metrics
         if any(r["summary"] and metric_value(r["summary"]["metrics"], k) is not None for r in runs)
     )
+    _plot_bars(runs, (used or task.report_metrics)[0], out / "bars.png")
     lines = [
         f"# {title}",
         "",

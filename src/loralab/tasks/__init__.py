@@ -1,7 +1,6 @@
-"""Tasks: where examples come from, how they become (prompt, answer) text, and how outputs are scored.
-
-One module per task; each ends with `TASK = Task(...)`, the hooks loralab calls (loralab.tasks.base lists
-them).
+"""Tasks: where examples come from, how they become conversations or (prompt, answer) texts, and how outputs
+are scored. Four families (classification, instruction, summarization, text), one module each ending with
+`TASK = Task(...)` (loralab.tasks.base lists the hooks); presets (presets.py) are families with other defaults.
 
 May import errors, files, hub, config, lora, models, data and evaluation; nothing from methods, training,
 reporting or cli.
@@ -9,19 +8,22 @@ reporting or cli.
 
 from __future__ import annotations
 
+from loralab.config import FAMILY_OF
 from loralab.errors import UserError
-from loralab.tasks import code_qa, rotten_tomatoes, summarization
+from loralab.tasks import classification, instruction, summarization, text
 from loralab.tasks.base import Task
 
-# loralab.config reads the task names from this file's source (config/registries.py): keep them literal
-TASKS: dict[str, Task] = {
-    "rotten_tomatoes": rotten_tomatoes.TASK,
-    "code_qa": code_qa.TASK,
+# loralab.config reads the family names from this file's source (config/registries.py): keep them literal
+FAMILIES: dict[str, Task] = {
+    "classification": classification.TASK,
+    "instruction": instruction.TASK,
     "summarization": summarization.TASK,
+    "text": text.TASK,
 }
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    return TASKS[name]
+    """The family of task `name` (a family, or a preset of one)."""
+    if name not in FAMILY_OF:
+        raise UserError(f"unknown task {name!r}; choose one of {', '.join(FAMILY_OF)}")
+    return FAMILIES[FAMILY_OF[name]]

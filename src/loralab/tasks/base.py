@@ -1,37 +1,58 @@
-"""The Task contract: every hook the training loop, `loralab eval` and the reports call on a task.
+"""The Task contract: every hook the training loop, `loralab eval`, `loralab data` and the reports call on a
+task family (classification, instruction, summarization, text). Presets (rotten_tomatoes, code_qa, ...) are
+families with other defaults (tasks/presets.py), not code.
 
-Each task module writes its hooks as plain functions and ends with one `TASK = Task(...)` naming them.
+Each family module writes its hooks as plain functions and ends with one `TASK = Task(...)` naming them.
 
-    load_split(config, split) -> (rows, provenance)
-                            the rows of "train", "validation" or "test" and where they came from
-                            (a data.sources.Provenance; str() of it is the line to print)
+    load_data(config, splits) -> Data
+                            the rows of the named splits ("train", "validation", "test"), normalised to the
+                            family's fields, where each came from, the lines to print, and the config with
+                            what the data decides filled in (classification: label_words)
+    messages(config, row) -> [{"role", "content"}, ...]
+                            the conversation a causal LM trains on; its last turn is the assistant's answer
     input_text(config, row) -> str
-                            what goes into the template's {text}
+                            the input of a model that reads one text (encoder-decoder, classifier head)
     answer(config, row) -> str
-                            the target text of a language model
+                            the target text (the last assistant turn)
     score(config, rows, generations) -> metrics
                             the test metrics of the generated texts
     headline(metrics) -> str
                             one line for the terminal
-    report_metrics          test metrics for comparison reports (dotted: nested), the first is the main one
+    report_metrics          test metrics for comparison reports (dotted: nested); the first present one is
+                            the main one
     label(config, row) -> int
-                            the class index, for a model with a classification head; None (the default):
-                            the task produces text and needs a language model
+                            the class index, for a model with a classification head; None (the default): the
+                            task produces text and needs a language model
+    evaluate(task, model, tokenizer, config, rows, device, predict, desc) -> (metrics, predictions)
+                            default: generate an answer to every row's prompt and score the texts
+    examples(config, tokenizer, rows) -> list[Encoded] | None
+                            a family that does not encode row by row (text: packed chunks); None (default):
+                            each row is one example
     extra_evaluation(model, tokenizer, config, device, predict) -> (metrics, samples)
-                            more test metrics and one record per sample for the run folder (code_qa: pass@k
-                            by running the generated code); default: none
+                            more test metrics and one record per sample for the run folder (pass@k by running
+                            the generated code); default: none
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from loralab.config import RunConfig
-from loralab.data.sources import Loaded
+from loralab.data.sources import Provenance
 from loralab.evaluation.predict import generate
+
+
+@dataclass(frozen=True)
+class Data:
+    """What a task's load_data gives: rows per split, where each came from, lines to print, the config."""
+
+    config: RunConfig
+    rows: dict[str, list[dict]]
+    sources: dict[str, Provenance]
+    notes: list[str] = field(default_factory=list)
 
 
 def no_extra_evaluation(
@@ -40,18 +61,49 @@ def no_extra_evaluation(
     return {}, []
 
 
+def prompt_of(messages: list[dict]) -> str | list[dict]:
+    """What a model is asked: the user's text for one turn, else the conversation before the last answer."""
+    before = messages[:-1]
+    if len(before) == 1 and before[0]["role"] == "user":
+        return before[0]["content"]
+    return before
+
+
+def generate_and_score(
+    task: Task,
+    model: torch.nn.Module,
+    tokenizer,
+    config: RunConfig,
+    rows: list[dict],
+    device: torch.device,
+    predict: Callable = generate,
+    desc: str = "test",
+) -> tuple[dict, list[str]]:
+    """Predict for every row (its conversation up to the last answer) and score with the task's metric."""
+    items = [prompt_of(task.messages(config, r)) for r in rows]  # one-text models flatten conversations
+    outputs = predict(model, tokenizer, items, config, device, desc)
+    return task.score(config, rows, outputs), outputs
+
+
+def one_example_per_row(config: RunConfig, tokenizer, rows: list[dict]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Task:
-    """A task as the rest of loralab sees it; the module docstring describes each hook."""
+    """A task family as the rest of loralab sees it; the module docstring describes each hook."""
 
     name: str
-    load_split: Callable[[RunConfig, str], Loaded]
+    load_data: Callable[[RunConfig, tuple[str, ...]], Data]
+    messages: Callable[[RunConfig, dict], list[dict]]
     input_text: Callable[[RunConfig, dict], str]
     answer: Callable[[RunConfig, dict], str]
     score: Callable[[RunConfig, list[dict], list[str]], dict]
     headline: Callable[[dict], str]
     report_metrics: tuple[str, ...]
     label: Callable[[RunConfig, dict], int] | None = None
+    evaluate_hook: Callable[..., tuple[dict, list[str]]] = generate_and_score
+    examples: Callable[[RunConfig, object, list[dict]], list | None] = one_example_per_row
     extra_evaluation: Callable[..., tuple[dict, list[dict]]] = no_extra_evaluation
 
     def evaluate(
@@ -64,6 +116,5 @@ class Task:
         predict: Callable = generate,
         desc: str = "test",
     ) -> tuple[dict, list[str]]:
-        """Predict for every row and score with the task's metric; returns (metrics, predictions)."""
-        outputs = predict(model, tokenizer, [self.input_text(config, r) for r in rows], config, device, desc)
-        return self.score(config, rows, outputs), outputs
+        """The test metrics of `rows` and the predictions (texts) they were computed from."""
+        return self.evaluate_hook(self, model, tokenizer, config, rows, device, predict, desc)

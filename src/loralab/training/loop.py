@@ -23,6 +23,7 @@ from loralab.config import RunConfig
 from loralab.data.code_vocab.text import save_code_vocab
 from loralab.data.encoding import IGNORE
 from loralab.errors import Interrupted, UserError
+from loralab.evaluation.plots import plot_confusion
 from loralab.evaluation.validate import validation_loss, validation_loss_and_accuracy
 from loralab.files import write_json_atomically, write_lines_atomically
 from loralab.lora.inject import updates_kept_separate
@@ -215,9 +216,10 @@ def finish(run: Run, train_peak_mb: float) -> dict:
     extra, samples = run.task.extra_evaluation(model, run.tokenizer, config, run.device, run.predict)
     metrics |= extra
     eval_time = time.time() - t0
-    test_rows = run.rows["test"]
-    predictions = [{**row, "generated": text} for row, text in zip(test_rows, generations, strict=True)]
-    write_lines_atomically(out / "predictions.jsonl", predictions)
+    if generations:  # task text is scored by perplexity and generates nothing
+        rows = run.rows["test"]
+        predictions = [{**row, "generated": text} for row, text in zip(rows, generations, strict=True)]
+        write_lines_atomically(out / "predictions.jsonl", predictions)
     if samples:
         write_lines_atomically(out / "code_eval_samples.jsonl", samples)
     summary = run_summary(run, metrics, train_peak_mb, eval_time)
@@ -226,6 +228,8 @@ def finish(run: Run, train_peak_mb: float) -> dict:
     write_json_atomically(out / "summary.json", summary)
     title = f"{config.method} on {config.task}"
     plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss_curve.png", title)
+    if "confusion" in metrics:  # classification: expected (rows) against predicted (columns)
+        plot_confusion(metrics["confusion"], out / "confusion.png", f"{title}: test confusion matrix")
     return summary
 
 

@@ -2,9 +2,10 @@
 
 `setup` runs these steps in turn, each filling in its part of a `Run`:
 
-    _setup_run        the checks that need no model, torchrun, the run folder
+    _setup_run        the checks that need no model, torchrun, the run folder (checked, not yet changed)
     _setup_data       the three splits (a missing file fails in a second, not after the model has loaded)
-    _setup_model      the base model, the code vocabulary, the method's trainable parameters, speed options
+    _setup_model      the base model, the code vocabulary, the method's trainable parameters, speed options;
+                      then --overwrite may clear the run folder
     _setup_examples   tokenized examples; a teacher's logits (distill); packing; the training loss
     _setup_optimizer  the step schedule and AdamW over the trainable parameters
     _setup_state      the checkpoint to resume from, config.json and the run log
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -20,28 +22,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from loralab.config import RunConfig
+from loralab.data.chat import PromptFormat, prompt_format
 from loralab.data.code_vocab.embeddings import add_code_vocabulary
 from loralab.data.code_vocab.text import CodeVocab, predicting_with, rewrite_template
 from loralab.data.encoding import collate_packed, pack_examples, random_subset
 from loralab.data.sources import Provenance
+from loralab.data.splits import SPLITS
 from loralab.errors import UserError
 from loralab.evaluation.code_eval import check_code_eval
 from loralab.evaluation.loss import packing_problem
+from loralab.evaluation.predict import run_format
 from loralab.files import write_json_atomically, write_lines_atomically
 from loralab.lora import count_parameters
 from loralab.methods import get_method
 from loralab.methods.base import Method
 from loralab.models.detect import model_kind
-from loralab.models.loading import resolve_device
+from loralab.models.loading import load_tokenizer, resolve_device
 from loralab.tasks import get_task
 from loralab.tasks.base import Task
 from loralab.training import distributed
 from loralab.training.checkpoint import load_checkpoint, usable_checkpoint
+from loralab.training.examples import encode_rows
 from loralab.training.kinds import Kind, get_kind
-from loralab.training.run_dir import prepare_out_dir
+from loralab.training.run_dir import check_out_dir, prepare_out_dir
 from loralab.training.run_files import read_metrics
 from loralab.training.run_log import RunLog, check_reporters
 from loralab.training.run_model import load_base, load_for_inference
@@ -94,7 +99,7 @@ class Run:
     kind: Kind = field(init=False)
     vocab: CodeVocab | None = field(init=False)  # the code vocabulary (config.code_vocab)
     predict: Callable = field(init=False)  # the kind's predict, reading the code vocabulary's tokens back
-    template: str = field(init=False)
+    fmt: PromptFormat = field(init=False)  # the plain template or the chat template the examples are in
     trainable: int = field(init=False)
     total: int = field(init=False)
     # _setup_examples
@@ -122,6 +127,8 @@ def setup(config: RunConfig, resume: bool, overwrite: bool) -> Run:
     _setup_run(run, resume, overwrite)
     _setup_data(run)
     _setup_model(run)
+    if run.world.main:  # only now, when the run can start, may --overwrite remove an earlier one
+        prepare_out_dir(run.config, resume, overwrite)
     _setup_examples(run)
     _setup_optimizer(run)
     _setup_state(run, resume)
@@ -136,21 +143,23 @@ def _setup_run(run: Run, resume: bool, overwrite: bool) -> None:
     if run.world.size > 1 and not run.method.torchrun:
         raise UserError(f"method {config.method} does not run under torchrun; train it in one process")
     run.log = _log if run.world.main else _quiet
-    run.out = prepare_out_dir(config, resume, overwrite) if run.world.main else Path(config.out_dir)
+    run.out = check_out_dir(config, resume, overwrite) if run.world.main else Path(config.out_dir)
 
 
 def _setup_data(run: Run) -> None:
-    config = run.config
+    data = run.task.load_data(run.config, SPLITS)
+    run.config = config = data.config  # with what the data decides (classification: the label words)
     run.rows, run.sources = {}, {}
     for split, limit, offset in (
         ("train", config.max_train_samples, 0),
         ("validation", config.max_eval_samples, 1),
         ("test", config.max_test_samples, 2),
     ):
-        loaded, source = run.task.load_split(config, split)
-        run.rows[split] = random_subset(loaded, limit, config.seed + offset)
-        run.sources[split] = source
+        run.rows[split] = random_subset(data.rows[split], limit, config.seed + offset)
+        run.sources[split] = source = data.sources[split]
         run.log(f"{split}: {len(run.rows[split]):,} examples from {source}")
+    for note in data.notes:
+        run.log(note)
     if (
         len({source.origin for source in run.sources.values()}) > 1
     ):  # e.g. train from a file, test from another split of the same texts: leakage
@@ -158,6 +167,16 @@ def _setup_data(run: Run) -> None:
             "the train, validation and test splits came from different sources; put all three "
             "files in the same folder (LORALAB_DATA_DIR or data_path)"
         )
+    _check_chat_template(config)
+
+
+def _check_chat_template(config: RunConfig) -> None:
+    """A chat template that is required (chat_template = "tokenizer") or read from a file must be there
+    before the model loads: the tokenizer alone answers that."""
+    if config.chat_template in ("auto", "none", "chatml", "gemma", ""):
+        return
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    prompt_format(tokenizer, config.chat_template, config.template, config.system_prompt)
 
 
 def _setup_model(run: Run) -> None:
@@ -168,11 +187,16 @@ def _setup_model(run: Run) -> None:
         raise UserError(
             f"task {config.task} produces text; it needs a language model, not model_kind classifier"
         )
-    run.vocab, run.predict, run.template = None, kind.predict, config.template
+    if kind.name != "causal" and (config.score_by == "likelihood" or run.task.name == "text"):
+        what = "task text" if run.task.name == "text" else "score_by = likelihood"
+        raise UserError(f"{what} needs a causal language model; {config.model} is a {kind.name} model")
+    run.fmt, note = run_format(run.tokenizer, config, causal=kind.name == "causal")
+    run.log(note)
+    run.vocab, run.predict = None, kind.predict
     if config.code_vocab:  # one token per Python keyword / builtin; embeddings (and an untied head) train
         run.vocab = vocab = add_code_vocabulary(model, run.tokenizer)
         run.predict = predicting_with(kind.predict, vocab)
-        run.template = rewrite_template(config.template, vocab)
+        run.fmt = dataclasses.replace(run.fmt, template=rewrite_template(run.fmt.template, vocab))
         run.log(
             f"code vocabulary: {len(vocab.tokens)} tokens added; {', '.join(vocab.modules_to_save)} train in full"
         )
@@ -190,26 +214,9 @@ def _setup_model(run: Run) -> None:
 
 def _encode(run: Run, rows: list[dict], split: str) -> list:
     """The examples of one split, as the model kind takes them."""
-    config, kind, task = run.config, run.kind, run.task
-    target = task.answer if kind.generative else task.label
-    code = run.vocab.rewrite if run.vocab else (lambda text: text)
-    bar = tqdm(
-        rows,
-        desc=f"tokenizing {split}",
-        unit="ex",
-        leave=False,
-        disable=len(rows) < 2000 or not run.world.main,
-    )
-    return [
-        kind.encode(
-            run.tokenizer,
-            run.template,
-            code(task.input_text(config, r)),
-            code(target(config, r)),
-            config.max_length,
-        )
-        for r in bar
-    ]
+    code = run.vocab.rewrite if run.vocab else None
+    quiet = not run.world.main
+    return encode_rows(run.task, run.kind, run.tokenizer, run.fmt, run.config, rows, split, code, quiet)
 
 
 def _setup_examples(run: Run) -> None:

@@ -263,11 +263,21 @@ def rewrite_template(template: str, vocab: CodeVocab) -> str:
 
 
 def predicting_with(predict: Callable, vocab: CodeVocab) -> Callable:
-    """Wrap a kinds.Kind.predict: prompts go in rewritten, outputs come back as plain Python."""
+    """Wrap a kinds.Kind.predict: prompts (texts or conversations) go in rewritten, outputs come back as plain
+    Python."""
 
-    def wrapped(model, tokenizer, texts, config, device, desc="generating", template=None):
-        template = rewrite_template(config.template if template is None else template, vocab)
-        outputs = predict(model, tokenizer, [vocab.rewrite(t) for t in texts], config, device, desc, template)
+    def rewrite(item: str | list[dict]) -> str | list[dict]:
+        if isinstance(item, str):
+            return vocab.rewrite(item)
+        return [turn | {"content": vocab.rewrite(turn["content"])} for turn in item]
+
+    def wrapped(model, tokenizer, items, config, device, desc="generating", fmt=None):
+        config = dataclasses.replace(config, template=rewrite_template(config.template, vocab))
+        if isinstance(fmt, str):
+            fmt = rewrite_template(fmt, vocab)
+        elif fmt is not None:  # a data.chat.PromptFormat
+            fmt = dataclasses.replace(fmt, template=rewrite_template(fmt.template, vocab))
+        outputs = predict(model, tokenizer, [rewrite(i) for i in items], config, device, desc, fmt)
         return [vocab.restore(text) for text in outputs]
 
     return wrapped
