@@ -130,3 +130,19 @@ def test_a_small_transformer_can_be_the_student(tmp_path, tiny_llama_folder, cap
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0  # a fresh random head is replaced by the trained one
     assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
+
+
+def test_a_teacher_by_name_reads_the_students_task_with_the_tasks_own_prompt(tiny_llama_folder):
+    from loralab.methods.distill import _teacher_config
+
+    config = load_config(
+        DEMO, [*SMALL, "--method=distill", f"--teacher={tiny_llama_folder}", "--template={text}"]
+    )
+    teacher, run = _teacher_config(config)
+    assert run is None and teacher.model == str(tiny_llama_folder) and teacher.method == "lora"
+    assert teacher.template == "Review: {text}\nSentiment:" and teacher.label_words == config.label_words
+    assert (teacher.task, teacher.dataset, teacher.max_length) == (
+        config.task,
+        config.dataset,
+        config.max_length,
+    )

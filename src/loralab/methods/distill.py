@@ -141,20 +141,16 @@ def training_loss(config: RunConfig, kind) -> Callable:
 
 def _teacher_config(config: RunConfig) -> tuple[RunConfig, Path | None]:
     folder = Path(config.teacher)
-    if (folder / "config.json").is_file():
+    # a loralab run folder; a transformers model folder also has a config.json, beside its weights
+    weights = any(folder.glob("model*.safetensors")) or (folder / "pytorch_model.bin").is_file()
+    if (folder / "config.json").is_file() and not weights:
         if not (folder / "adapter").is_dir():
             raise UserError(f"teacher run {folder} has no adapter/ yet; finish training it first")
         teacher = read_run_config(folder / "config.json")
         return load_config(None, ["--device=" + config.device], base=teacher), folder
-    return load_config(
-        None,
-        [
-            f"--model={config.teacher}",
-            f"--task={config.task}",
-            f"--device={config.device}",
-            f"--max_length={config.max_length}",
-        ],
-    ), None
+    # a model by name, zero-shot: the student's task, data and label words, the task's own prompt
+    overrides = [f"--model={config.teacher}", "--method=lora", "--template=", "--chat_template="]
+    return load_config(None, overrides, base=config), None
 
 
 @torch.no_grad()

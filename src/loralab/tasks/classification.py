@@ -11,7 +11,6 @@ Metrics: accuracy, macro precision / recall / F1, per-class F1, the confusion ma
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 
 import torch
@@ -25,7 +24,7 @@ from loralab.evaluation.metrics import classification_metrics, match_label
 from loralab.evaluation.predict import generate, prompt_ids, run_format
 from loralab.models.detect import model_kind
 from loralab.tasks.base import Data, Task, generate_and_score, prompt_of
-from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value
+from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value, value_key
 
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
 # map; DEFAULTS: what an empty key means for this family (a preset in presets.py overrides them).
@@ -34,11 +33,6 @@ DEFAULTS = {"template": "{text}\nLabel:", "chat_template": "auto", "max_new_toke
 
 # test metrics for comparison reports (dotted: nested), the first is the main one
 REPORT_METRICS = ("accuracy", "macro_f1", "invalid_rate")
-
-
-def _key(config: RunConfig) -> Callable[[dict], list[str]]:
-    name = column(config, "text")
-    return lambda row: [str(row.get(name, json.dumps(row, sort_keys=True, default=str)))]
 
 
 def _label_words(config: RunConfig, tables: dict[str, Table]) -> tuple[list[str], str]:
@@ -91,7 +85,7 @@ def _index(value: object, words: list[str], where: str) -> int:
 
 
 def load_data(config: RunConfig, splits: tuple[str, ...]) -> Data:
-    tables = load_tables(config, splits, _key(config))
+    tables = load_tables(config, splits, value_key(column(config, "text")))
     for split, table in tables.items():
         require_columns(config, table, ROLES, split)
     words, note = _label_words(config, tables)

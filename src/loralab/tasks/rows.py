@@ -41,6 +41,12 @@ def data_spec(config: RunConfig) -> DataSpec:
     )
 
 
+def value_key(name: str) -> GroupKey:
+    """Rows with the same value in column `name` (the same whole row, when it has no such column) stay in one
+    split when a split is cut from train."""
+    return lambda row: [str(row.get(name, json.dumps(row, sort_keys=True, default=str)))]
+
+
 def split_key(config: RunConfig, default: GroupKey) -> GroupKey:
     """What keeps rows together when a split is cut from train: the `split_by` column, else `default`."""
     if not config.split_by:
@@ -59,14 +65,14 @@ def split_key(config: RunConfig, default: GroupKey) -> GroupKey:
 
 def load_tables(config: RunConfig, splits: Sequence[str], group_key: GroupKey) -> dict[str, Table]:
     """The named splits of config.dataset as Tables (rows with the data's own columns)."""
-    tables = {}
+    tables, key = {}, split_key(config, group_key)  # one key object: the cut from train is made once
     for split in splits:
         if is_builtin(config.dataset):
             rows, source = load_builtin(config.dataset, split, config.data_path or None)
             columns = tuple(dict.fromkeys(key for row in rows for key in row))
             tables[split] = Table(rows, source, columns, {})
         else:
-            tables[split] = load_table(data_spec(config), split, split_key(config, group_key))
+            tables[split] = load_table(data_spec(config), split, key)
     return tables
 
 

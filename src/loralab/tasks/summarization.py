@@ -9,13 +9,11 @@ cleaned text). Presets: cnn_dailymail (highlights) and xsum (one-sentence summar
 
 from __future__ import annotations
 
-import json
-
 from loralab.config import RunConfig
 from loralab.data.summarization_sources import clean_text
 from loralab.evaluation.metrics import rouge
 from loralab.tasks.base import Data, Task
-from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value
+from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value, value_key
 
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
 # map; DEFAULTS: what an empty key means for this family (a preset in presets.py overrides them).
@@ -33,11 +31,7 @@ REPORT_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 def load_data(config: RunConfig, splits: tuple[str, ...]) -> Data:
     document, summary = column(config, "document"), column(config, "summary")
-
-    def key(row: dict) -> list[str]:  # the same article stays in one split
-        return [str(row.get(document, json.dumps(row, sort_keys=True, default=str)))]
-
-    tables = load_tables(config, splits, key)
+    tables = load_tables(config, splits, value_key(document))  # the same article stays in one split
     rows = {}
     for split, table in tables.items():
         require_columns(config, table, ROLES, split)

@@ -7,7 +7,6 @@ perplexity exp(loss) on the test split; validation loss as for every task.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 
@@ -21,7 +20,7 @@ from loralab.evaluation.predict import generate
 from loralab.evaluation.validate import validation_loss
 from loralab.models.detect import model_kind
 from loralab.tasks.base import Data, Task
-from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value
+from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value, value_key
 
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
 # map; DEFAULTS: what an empty key means for this family.
@@ -34,11 +33,7 @@ REPORT_METRICS = ("perplexity", "loss")
 
 def load_data(config: RunConfig, splits: tuple[str, ...]) -> Data:
     name = column(config, "text")
-
-    def key(row: dict) -> list[str]:
-        return [str(row.get(name, json.dumps(row, sort_keys=True, default=str)))]
-
-    tables = load_tables(config, splits, key)
+    tables = load_tables(config, splits, value_key(name))
     rows = {}
     for split, table in tables.items():
         require_columns(config, table, ROLES, split)
