@@ -29,10 +29,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     from loralab.config import load_config
+    from loralab.data.chat import PromptFormat
     from loralab.data.encoding import random_subset
     from loralab.evaluation.validate import validation_loss
     from loralab.lora.inject import updates_kept_separate
     from loralab.tasks import get_task
+    from loralab.training.examples import encode_rows
     from loralab.training.kinds import get_kind
 
     config = load_config("configs/rotten_tomatoes_lora.toml")
@@ -44,8 +46,7 @@ def main() -> None:
             if name.endswith("lora_B"):
                 param.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
     rows = random_subset(common.review_rows("validation"), args.examples, 1)
-    examples = [kind.encode(tokenizer, config.template, task.input_text(config, r), task.answer(config, r),
-                            config.max_length) for r in rows]  # fmt: skip
+    examples = encode_rows(task, kind, tokenizer, PromptFormat(config.template), config, rows, "validation")
     losses: dict[str, set[float]] = {"merged": set(), "separate": set()}
 
     def validate(case: str) -> None:

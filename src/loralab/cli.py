@@ -18,7 +18,7 @@ from loralab.evaluation.sandbox.cli import add_sandbox_parser, cmd_sandbox
 # Each command imports the layers it runs inside its own function, so that `loralab --help`, a bad flag or a
 # bad config is answered without loading torch, transformers and the models.
 
-TRAIN_HELP = """Train with the settings of CONFIG.toml, then any --key=value overrides.
+TRAIN_HELP = """Train with the settings of CONFIG.toml (or the defaults), then any --key=value overrides.
 
 keys and their defaults, by section (key = value in CONFIG.toml, --key=value on the command line):
 
@@ -28,6 +28,8 @@ examples:
   loralab train configs/rotten_tomatoes_lora.toml
   loralab train configs/rotten_tomatoes_lora.toml --rank=16 --lr=5e-4 --out_dir=runs/r16
   loralab train configs/rotten_tomatoes_lora.toml --resume        (continue the run in out_dir)
+  loralab train --task=classification --dataset=reviews.csv --columns=text=review,label=stars --out_dir=runs/my
+  loralab data preview my.toml                                       (see the examples before training)
 """
 
 
