@@ -242,3 +242,24 @@ def test_data_preview_shows_what_trains(tmp_path, shared_data, capsys):
     assert "reach max_length = 256" in out
     code, out, err = run_cli(capsys, "data", "stats", str(config))
     assert code == 0 and "entries" in out and "9,003" in out
+
+
+def test_a_required_chat_template_the_tokenizer_lacks_fails_before_the_model_loads(
+    tmp_path, tiny_llama_folder, shared_data, monkeypatch, capsys
+):
+    import shutil
+
+    import loralab.training.setup as setup
+
+    model = tmp_path / "no_template"
+    shutil.copytree(tiny_llama_folder, model)
+    (model / "chat_template.jinja").unlink()
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(setup, "load_base", lambda *a: pytest.fail("the model loaded"))
+    args = ["train", f"--model={model}", "--task=classification", f"--dataset={shared_data / 'banking77'}",
+            "--columns=label=category", f"--out_dir={tmp_path / 'run'}", *SMALL]  # fmt: skip
+    code, _, err = run_cli(capsys, *args, "--chat_template=tokenizer")
+    assert code == 2 and "this tokenizer has no chat template; set chat_template = " in err
+    assert not (tmp_path / "run").exists()
