@@ -184,6 +184,7 @@ def test_each_family_trains_and_evaluates_on_a_tiny_model(tmp_path, tiny_llama_f
             f"--dataset={shared_data / 'banking77'}",
             "--columns=label=category",
             "--score_by=likelihood",
+            "--chat_template=auto",
         ],  # fmt: skip
         "instruction": [
             f"--dataset={shared_data / 'oasst_en_100' / 'messages.jsonl'}",
@@ -202,7 +203,8 @@ def test_each_family_trains_and_evaluates_on_a_tiny_model(tmp_path, tiny_llama_f
         metrics = summary["metrics"]
         if name in ("classification", "likelihood"):
             assert len(metrics["confusion"]["matrix"]) == 77 and (out / "confusion.png").is_file()
-            assert "prompt format: the tokenizer's chat template" in err
+            chat = "the tokenizer's chat template" if name == "likelihood" else "plain template"
+            assert f"prompt format: {chat}" in err
         if name == "likelihood":
             assert metrics["invalid_rate"] == 0  # a label word is always picked
         if name == "instruction":
@@ -232,7 +234,7 @@ def test_data_preview_shows_what_trains(tmp_path, shared_data, capsys):
     config = tmp_path / "b77.toml"
     config.write_text(
         f'task = "classification"\ndataset = "{shared_data / "banking77"}"\ncolumns = {{label = "category"}}\n'
-        'system_prompt = "Name the intent."\n'
+        'chat_template = "auto"\nsystem_prompt = "Name the intent."\n'
     )
     code, out, err = run_cli(capsys, "data", "preview", str(config), "--n", "2")
     assert code == 0, err

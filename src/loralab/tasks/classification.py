@@ -29,7 +29,7 @@ from loralab.tasks.rows import column, dataset_label, load_tables, require_colum
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
 # map; DEFAULTS: what an empty key means for this family (a preset in presets.py overrides them).
 ROLES = ("text", "label")
-DEFAULTS = {"template": "{text}\nLabel:", "chat_template": "auto", "max_new_tokens": 0}
+DEFAULTS = {"template": "{text}\nLabel:", "chat_template": "none", "max_new_tokens": 0}
 
 # test metrics for comparison reports (dotted: nested), the first is the main one
 REPORT_METRICS = ("accuracy", "macro_f1", "invalid_rate")
