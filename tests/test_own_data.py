@@ -265,3 +265,27 @@ def test_a_required_chat_template_the_tokenizer_lacks_fails_before_the_model_loa
     code, _, err = run_cli(capsys, *args, "--chat_template=tokenizer")
     assert code == 2 and "this tokenizer has no chat template; set chat_template = " in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", ["rotten_tomatoes", "code_qa", "cnn_dailymail"])
+def test_the_presets_encode_their_rows_as_before_the_families(preset):
+    """The examples of every preset, token for token, as loralab made them before (prompt + " " + answer + EOS
+    in the plain template, cut by encode_example's rule)."""
+    from loralab.data.chat import PromptFormat
+    from loralab.data.encoding import encode_example
+    from loralab.models.loading import load_tokenizer
+    from loralab.training.examples import encode_rows
+    from loralab.training.kinds import get_kind
+
+    config = load_config(None, [f"--task={preset}", "--max_length=96"])
+    task = get_task(preset)
+    data = task.load_data(config, ("validation",))
+    rows = data.rows["validation"][:120]
+    tokenizer = load_tokenizer("smollm2-135m")
+    fmt = PromptFormat(data.config.template)
+    got = encode_rows(task, get_kind("causal"), tokenizer, fmt, data.config, rows, "validation")
+    space = "" if config.template[-1].isspace() else " "
+    for row, example in zip(rows, got, strict=True):
+        text, answer = task.input_text(data.config, row), task.answer(data.config, row)
+        before = encode_example(tokenizer, config.template, text, space + answer, 96)
+        assert (example.input_ids, example.n_prompt) == (before.input_ids, before.n_prompt)
