@@ -10,6 +10,7 @@ same alone or in any batch.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from loralab.data.encoding import IGNORE, Encoded, collate, collate_prompts, to_device
 from loralab.errors import UserError
@@ -46,12 +47,18 @@ def _forward_tail(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep: 
     return logits.float().log_softmax(dim=-1)
 
 
+def _batches(n: int, batch_size: int):
+    """The start of every batch, with a progress bar when there are many."""
+    starts = range(0, n, batch_size)
+    return tqdm(starts, desc="scoring label words", unit="batch", leave=False, disable=len(starts) < 8)
+
+
 def _single_token_scores(model, prompts, token_ids, pad_id, device, batch_size) -> torch.Tensor:
     """One forward pass per batch of prompts: the next-token log-probabilities of each choice's only token."""
     scores = torch.empty(len(prompts), len(token_ids))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
     choice_ids = torch.tensor(token_ids, device=device)
-    for start in range(0, len(order), batch_size):
+    for start in _batches(len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = collate_prompts([prompts[i] for i in rows], pad_id)
         batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
@@ -66,7 +73,7 @@ def _sequence_scores(model, prompts, choices, pad_id, device, batch_size) -> tor
     examples = [Encoded(prompts[p] + choices[c], len(prompts[p])) for p, c in pairs]
     order = sorted(range(len(pairs)), key=lambda i: len(examples[i]))
     scores = torch.empty(len(prompts), len(choices))
-    for start in range(0, len(order), batch_size):
+    for start in _batches(len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = to_device(collate([examples[i] for i in rows], pad_id), device)
         keep = max(examples[i].n_answer for i in rows) + 1  # the choice fills the last columns (left padding)
