@@ -48,7 +48,7 @@ def test_scores_equal_one_prompt_at_a_time_without_padding(arch, choices):
     assert picked == expected.argmax(dim=1).tolist()
 
 
-def test_one_token_choices_take_one_forward_pass_per_batch_of_prompts():
+def test_forward_passes_one_per_batch_of_prompts_or_two_per_prompt_and_batch_of_choices():
     model = tiny_models.make("llama")
     calls = []
     handle = model.register_forward_hook(
@@ -59,8 +59,14 @@ def test_one_token_choices_take_one_forward_pass_per_batch_of_prompts():
         assert len(calls) == 3  # 7 prompts in batches of 3, whatever the number of choices
         calls.clear()
         score_choices(model, PROMPTS, [[5], [17, 3]], 1, "cpu", 4)
-        assert len(calls) == 4  # 14 prompt + choice sequences in batches of 4
-        assert all("position_ids" in kwargs and "attention_mask" in kwargs for kwargs in calls)
+        assert (
+            len(calls) == 14
+        )  # each prompt once (its keys and values cached), then its two choices together
+        after = [kwargs for kwargs in calls if "past_key_values" in kwargs]
+        assert len(after) == 7 and all("position_ids" in k and "attention_mask" in k for k in after)
+        calls.clear()
+        score_choices(model, PROMPTS, [[5], [17, 3], [8, 9]], 1, "cpu", 2)
+        assert len(calls) == 28  # two batches of choices per prompt, each after a pass over the prompt
     finally:
         handle.remove()
 
