@@ -62,7 +62,7 @@ def test_forward_passes_one_per_batch_of_prompts_or_two_per_prompt_and_batch_of_
         assert (
             len(calls) == 14
         )  # each prompt once (its keys and values cached), then its two choices together
-        after = [kwargs for kwargs in calls if "past_key_values" in kwargs]
+        after = [kwargs for kwargs in calls if "cache" in kwargs or "past_key_values" in kwargs]
         assert len(after) == 7 and all("position_ids" in k and "attention_mask" in k for k in after)
         calls.clear()
         score_choices(model, PROMPTS, [[5], [17, 3], [8, 9]], 1, "cpu", 2)

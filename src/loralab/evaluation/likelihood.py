@@ -98,7 +98,8 @@ def _choices_after(
     cache.batch_repeat_interleave(n)
     mask = torch.cat([torch.ones((n, length), dtype=torch.long, device=device), present.long()], dim=1)
     positions = torch.arange(length, length + width, device=device).expand(n, width)
-    later = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+    name = "cache" if accepts(type(model), "cache") else "past_key_values"  # renamed in transformers 5
+    later = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{name: cache}).logits
     log_probs = later[:, :-1].float().log_softmax(dim=-1)  # column c predicts the choice's token c + 1
     picked = log_probs.gather(-1, ids[:, 1:, None])[..., 0]
     return (first + torch.where(present[:, 1:], picked, 0.0).sum(dim=1)).cpu()
