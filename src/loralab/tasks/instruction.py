@@ -15,7 +15,8 @@ import json
 from loralab.config import RunConfig
 from loralab.data.formats import detect_format, to_messages
 from loralab.evaluation.metrics import text_metrics
-from loralab.tasks.base import Data, Task
+from loralab.evaluation.predict import flatten
+from loralab.tasks.base import Data, Task, prompt_of
 from loralab.tasks.code_checks import extra_evaluation, pass_headline
 from loralab.tasks.rows import column_map, dataset_label, load_tables
 
@@ -94,10 +95,7 @@ def messages(config: RunConfig, row: dict) -> list[dict]:
 
 def input_text(config: RunConfig, row: dict) -> str:
     """The prompt for models that read one text: the user's text, or the earlier turns as role lines."""
-    before = row["messages"][:-1]
-    if len(before) == 1:
-        return before[0]["content"]
-    return "\n".join(f"{t['role']}: {t['content']}" for t in before)
+    return flatten(prompt_of(row["messages"]))
 
 
 def answer(config: RunConfig, row: dict) -> str:
