@@ -1,13 +1,14 @@
 """LoRA from scratch: the layer, its injection into models, named adapters, and PEFT-compatible adapter files.
 
 Owns: config (LoRAConfig), fused (one autograd function for a LoRA layer's forward and backward), update /
-dora / qkv (one adapter's update in one layer: plain LoRA, DoRA, row blocks of a fused q,k,v projection), layer
-(LoRALinear, which holds a layer's adapters), inject (targets, apply / merge / unload), io (peft's adapter files:
-their only reader and writer), adapters (loading adapters, several side by side), nf4 (QLoRA's 4-bit weights).
+dora / qkv (one adapter's update in one layer: plain LoRA, DoRA, row blocks of a fused q,k,v projection), init
+(A and B from the weight: PiSSA, OLoRA, LoftQ), layer (LoRALinear, which holds a layer's adapters), inject
+(targets, apply / merge / unload), io (peft's adapter files: their only reader and writer), adapters (loading
+adapters, several side by side), nf4 (QLoRA's 4-bit weights).
 
 May import loralab.errors and loralab.files (and torch, transformers, safetensors). Inside, modules import
-downward in the order above (config, fused, update, dora / qkv, layer, inject, io, adapters), never through
-this package, so there is no import cycle.
+downward in the order above (config, fused, update, dora / qkv, nf4, init, layer, inject, io, adapters), never
+through this package, so there is no import cycle.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from torch import nn
 
 from loralab.errors import UserError
 from loralab.lora.config import LoRAConfig
+from loralab.lora.init import is_residual
 from loralab.lora.inject import all_lora_layers, apply_lora, find_target_modules, set_submodule
 from loralab.lora.io import WEIGHTS_FILE, load_adapter_weights, read_adapter_config
 from loralab.lora.layer import DEFAULT_ADAPTER, LoRALinear, base_forward
@@ -139,9 +140,19 @@ def _add_to_layers(model: nn.Module, name: str, config: LoRAConfig, targets: lis
         layer.add_adapter(name, config, parts)
 
 
+def _refuse_residual(model: nn.Module, what: str) -> None:
+    """A pissa / olora model's frozen weights are residuals: without its adapter it is not the base model."""
+    if any(is_residual(u) for layer in all_lora_layers(model).values() for u in layer.adapters.values()):
+        raise UserError(
+            f"{what} needs the base model's weights, but this model's are pissa / olora residuals; save the "
+            "adapter and load it onto a fresh base model (it loads as an ordinary LoRA)"
+        )
+
+
 @contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[None]:
     """Inside the block the model computes as its base model (every LoRA update taken out)."""
+    _refuse_residual(model, "disabling the adapters")
     layers = list(all_lora_layers(model).values())
     for layer in layers:
         layer.unmerge()
@@ -158,6 +169,7 @@ def adapter_per_row(model: nn.Module, names: list[str | None]) -> Iterator[None]
     """Inside the block row i of every batch goes through adapter names[i] (None: no adapter), as if each
     row ran alone with its adapter active. Works for generate() too (beams of a row share its adapter)."""
     registry = _registry(model)
+    _refuse_residual(model, "a batch of rows with their own adapters")
     unknown = sorted({n for n in names if n is not None and n not in registry})
     if unknown:
         raise UserError(

@@ -10,7 +10,9 @@ from loralab.errors import UserError
 
 # loralab.config reads both modes from this file's source (config/registries.py): keep them literal
 BIAS_MODES = ("none", "all", "lora_only")
-INIT_MODES = ("kaiming", "gaussian")
+INIT_MODES = ("kaiming", "gaussian", "pissa", "olora", "loftq")
+# the inits that take s·B·A out of the frozen weight, which keeps the residual (init.py)
+RESIDUAL_INITS = ("pissa", "olora")
 QKV_PARTS = ("q", "k", "v")
 
 
@@ -25,7 +27,10 @@ class LoRAConfig:
     target_modules: module-name suffixes (["q_proj", "v_proj"]), a regex matched against full module names,
         or "all-linear" (every linear layer except the output head).
     bias: which biases train: "none", "all" (every bias in the model) or "lora_only" (biases of adapted layers).
-    init: how A starts: "kaiming" (kaiming-uniform, a=√5, as nn.Linear) or "gaussian" (N(0, 1/r)); B starts at 0.
+    init: how A and B start. "kaiming" (kaiming-uniform, a=√5, as nn.Linear) or "gaussian" (N(0, 1/r)), B = 0;
+        or from the layer's weight (lora/init.py): "pissa" (top-r singular vectors, Meng et al. 2024) and
+        "olora" (QR, Büyükakyüz 2024) take s·B·A out of the frozen weight, which keeps the residual;
+        "loftq" (Li et al. 2023) fits A, B to the error of the 4-bit base that QLoRA builds (method qlora).
     use_rslora: scale by alpha/√r instead of alpha/r.
     use_dora: DoRA (Liu et al. 2024): a trained magnitude per output unit times the normalised W0 + ΔW.
     modules_to_save: extra modules (suffixes) trained in full beside LoRA, e.g. "lm_head" or "classifier".
@@ -82,6 +87,10 @@ def validate_lora_config(config: LoRAConfig) -> None:
             raise UserError('target_modules is empty; use "all-linear", a regex or a list of module names')
     elif not targets or not all(isinstance(t, str) and t for t in targets):
         raise UserError('target_modules must be "all-linear", a regex or a non-empty list of module names')
+    if config.use_dora and config.init in ("pissa", "olora", "loftq"):
+        raise UserError(
+            f"init {config.init} is not supported with DoRA (lora_variant = dora); use init kaiming or plain LoRA"
+        )
     if config.use_dora and config.qkv_parts is not None:
         raise UserError("DoRA adapts whole matrices; drop qkv_parts or use plain LoRA")
     if config.qkv_parts is not None:

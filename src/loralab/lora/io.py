@@ -10,6 +10,11 @@
 A fused-qkv subset (qkv_parts) is stored the way peft can read it: A = [A_q; A_v], B = the d_out×2r block
 matrix, with rank_pattern / alpha_pattern so that peft's alpha'/r' equals our alpha/r. Tensors only; no pickle.
 This module is the only reader and writer of these files; each LoRA layer's part is its active adapter's.
+
+An adapter whose init (pissa, olora) changed the frozen weights is saved as the ordinary LoRA of rank 2r with
+the same ΔW against the original weights (lora/init.py), its config so (loralab.json keeps the one it was
+trained with as "converted_from"): peft and loralab load it onto the original base model; loading it back into
+the residual model it was trained in (restore) takes A and B out of it again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 from loralab.errors import UserError
 from loralab.files import read_json_object, read_tensors, write_atomically, write_text_atomically
 from loralab.lora.config import LoRAConfig
+from loralab.lora.init import converted_config, converted_factors, is_residual, trained_A, trained_B
 from loralab.lora.inject import linear_module_names, lora_layers
 
 CONFIG_FILE = "adapter_config.json"
@@ -55,14 +61,25 @@ def _task_type(model: nn.Module) -> str | None:
     return None
 
 
+def _is_converted(model: nn.Module) -> bool:
+    """True when the active adapter changed the frozen weights (pissa, olora) and is saved converted."""
+    return any(is_residual(layer.adapter) for _, layer in lora_layers(model))
+
+
+def saved_config(model: nn.Module) -> LoRAConfig:
+    """The LoRAConfig that the adapter's files describe (converted for pissa / olora)."""
+    return converted_config(model.lora_config) if _is_converted(model) else model.lora_config
+
+
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors under peft's key names (contiguous CPU copies)."""
     config: LoRAConfig = model.lora_config
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
         update = layer.adapter
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = update.lora_A.detach()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = update.full_B().detach()
+        A, B = converted_factors(update) if is_residual(update) else (update.lora_A, update.full_B())
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = A.detach()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = B.detach()
         if update.use_dora:
             tensors[f"{PREFIX}{name}.{MAGNITUDE}"] = update.lora_magnitude_vector.detach()
     if config.bias != "none":  # peft's names: a LoRA layer's own bias stays under base_layer
@@ -79,7 +96,7 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def peft_config_dict(model: nn.Module, base_model_name: str | None = None) -> dict:
     """adapter_config.json contents in peft's LoraConfig vocabulary."""
-    config: LoRAConfig = model.lora_config
+    config = saved_config(model)
     rank_pattern, alpha_pattern = {}, {}
     for name, layer in lora_layers(model):
         if layer.adapter.parts:
@@ -118,7 +135,10 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
     write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     peft_json = json.dumps(peft_config_dict(model, base_model_name), indent=2)
     write_text_atomically(directory / CONFIG_FILE, peft_json)
-    ours = json.dumps({"lora_config": model.lora_config.to_dict()}, indent=2)
+    ours = {"lora_config": saved_config(model).to_dict()}
+    if _is_converted(model):
+        ours["converted_from"] = model.lora_config.to_dict()
+    ours = json.dumps(ours, indent=2)
     write_text_atomically(directory / LORALAB_FILE, ours)
     return directory
 
@@ -163,6 +183,11 @@ def _from_peft_config(path: Path, peft: dict) -> LoRAConfig:
             f"{path} uses per-module ranks (rank_pattern); loralab needs one rank for all modules"
         )
     init = peft.get("init_lora_weights", True)
+    if isinstance(init, str) and init.startswith(("pissa", "olora", "corda")):
+        raise UserError(
+            f"{path} was saved with init_lora_weights = {init}: its weights fit peft's residual model, not the "
+            "base model; save it with peft's path_initial_model_for_weight_conversion (an ordinary LoRA)"
+        )
     return LoRAConfig(
         r=int(peft["r"]),
         alpha=float(peft["lora_alpha"]),
@@ -208,10 +233,11 @@ def _load_tensor(model: nn.Module, name: str, value: torch.Tensor, layers: dict)
     if leaf == "weight" and module_name.endswith((".lora_A", ".lora_B")):
         layer_name, _, which = module_name.rpartition(".")
         update = layers[layer_name].adapter
+        residual = is_residual(update)  # the converted adapter of a pissa / olora model: A and B out of it
         if which == "lora_A":
-            update.lora_A.copy_(value)
+            update.lora_A.copy_(trained_A(update, value) if residual else value)
         else:
-            update.lora_B.copy_(update.compact_B(value))
+            update.lora_B.copy_(trained_B(update, value) if residual else update.compact_B(value))
     elif leaf == MAGNITUDE and module_name in layers:
         layers[module_name].adapter.lora_magnitude_vector.copy_(value)
     else:

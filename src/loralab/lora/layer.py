@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from loralab.lora.config import LoRAConfig
+from loralab.errors import UserError
+from loralab.lora.config import RESIDUAL_INITS, LoRAConfig
 from loralab.lora.dora import DoRAUpdate
+from loralab.lora.init import is_residual, residual_init, undo_residual
 from loralab.lora.qkv import PartsUpdate
 from loralab.lora.update import LoRAUpdate
 
@@ -106,17 +108,31 @@ class LoRALinear(nn.Module):
             self.set_adapter(name)
 
     def add_adapter(self, name: str, config: LoRAConfig, parts: list[tuple[int, int]] | None = None) -> None:
-        """Give this layer fresh weights (A random, B = 0) for adapter `name`; the active adapter stays."""
+        """Give this layer fresh weights (A random, B = 0; pissa / olora: from the weight, init.py) for adapter
+        `name`; the active adapter stays."""
+        residual = config.init in RESIDUAL_INITS
+        if len(self.adapters) and (residual or any(is_residual(u) for u in self.adapters.values())):
+            raise UserError(
+                "init pissa / olora turns a layer's frozen weight into a residual that no other adapter can "
+                "share; load each adapter into its own base model (a saved pissa / olora adapter loads as an "
+                "ordinary LoRA)"
+            )
         if config.use_dora:
             if parts is not None:
                 raise ValueError("DoRA adapts a whole matrix; it cannot be combined with qkv_parts")
             update = DoRAUpdate(self, config)
         else:
             update = LoRAUpdate(self, config) if parts is None else PartsUpdate(self, config, parts)
+        if residual:
+            residual_init(self, update, config.init)
         self.adapters[adapter_key(name)] = update.train(self.training)
 
     def delete_adapter(self, name: str) -> None:
-        """Drop adapter `name`'s weights from this layer (if it has them); none is active if it was."""
+        """Drop adapter `name`'s weights from this layer (if it has them); none is active if it was. A pissa /
+        olora adapter gives the frozen weight back what its init took out."""
+        if is_residual(self.update_of(name)):
+            self.unmerge()
+            undo_residual(self, self.update_of(name))
         update = self.adapters._modules.pop(adapter_key(name), None)
         if update is not None and update is self.adapter:
             self.set_adapter(None)

@@ -51,8 +51,10 @@ class LoRAUpdate(nn.Module):
         self.reset_parameters(config.init)
 
     def reset_parameters(self, init: str = "kaiming") -> None:
-        """A random, B = 0 (so the adapted layer starts equal to its base layer)."""
-        if init == "kaiming":
+        """A random, B = 0 (so the adapted layer starts equal to its base layer). The inits taken from the weight
+        (pissa, olora, loftq) start as kaiming here; init.py then sets A and B (layer.add_adapter; loftq: when
+        methods/qlora.py quantizes the base)."""
+        if init in ("kaiming", "pissa", "olora", "loftq"):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         elif init == "gaussian":
             nn.init.normal_(self.lora_A, std=1.0 / self.r)
