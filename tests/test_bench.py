@@ -80,8 +80,9 @@ def test_compare_all_methods_reports_each_keeps_failures_and_reuses_runs(tmp_pat
     failed = next(row for row in rows if row.startswith("| last_layers"))
     assert "**failed**: n_layers is 9 but the model has 4 blocks" in failed
     assert "last_layers failed" in out.err
-    for name in ("val_loss.png", "train_loss.png", "bars.png"):
+    for name in ("val_loss.png", "train_loss.png", "metric.png", "cost_quality.png"):
         assert (parent / name).stat().st_size > 5000
+    assert "<table>" in (parent / "report.html").read_text()
     summaries = {
         m: json.loads((parent / m / "summary.json").read_text()) for m in ALL.split(",") if m != "last_layers"
     }

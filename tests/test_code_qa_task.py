@@ -39,10 +39,13 @@ def test_extra_evaluation_scores_what_the_model_writes(right):
         # a model that answers every question right (the canonical function) or writes a stub
         return [key[t] + "\n\nprint(1)" if right else "def f():\n    pass" for t in texts]
 
-    metrics, samples = code_qa.extra_evaluation(None, None, config, "cpu", predict)
+    metrics, samples, statistics = code_qa.extra_evaluation(None, None, config, "cpu", predict)
     result = metrics["humaneval"]
     assert result["n_problems"] == 12 and result["n_samples"] == 12
     assert result["pass@1"] == (1.0 if right else 0.0)
+    # pass@1's statistic: one 0/1 per problem, whose mean is the figure
+    assert statistics["humaneval.pass@1"].n == 12
+    assert statistics["humaneval.pass@1"].value() == result["pass@1"]
     assert sum(result["status"].values()) == 12
     # the run folder gets what the model wrote for each problem and how it fared
     assert len(samples) == 12 and len({s["task_id"] for s in samples}) == 12

@@ -45,6 +45,10 @@ def test_train_lowers_validation_loss_then_eval_and_generate(tmp_path, capsys):
     assert metrics["n"] == 48 and 0 <= metrics["invalid_rate"] <= 1
     assert {"accuracy", "precision", "recall", "f1", "per_class"} <= metrics.keys()
     assert f"accuracy {metrics['accuracy']:.4f} on 48 examples" in stdout
+    low, high = metrics["ci95"]["accuracy"]  # a bootstrap interval over the 48 test reviews
+    assert low <= metrics["accuracy"] <= high and set(metrics["ci95"]) >= {"accuracy", "macro_f1"}
+    assert f"accuracy {metrics['accuracy']:.3f} [{low:.3f}, {high:.3f}]" in stdout
+    assert (out / "test_statistics.safetensors").is_file()
     assert len(lines(out / "predictions.jsonl")) == 48
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert {p.name for p in (out / "adapter").iterdir()} >= {

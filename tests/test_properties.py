@@ -82,6 +82,7 @@ def _label_words_ok(words: list[str]) -> bool:
 
 SPECIAL: dict[str, st.SearchStrategy] = {
     "out_dir": st.text(min_size=1),
+    "data_seed": st.integers(-1, INT64[1]),  # -1 = the same as seed
     "template": st.one_of(st.just(""), st.builds(lambda a, b: a + "{text}" + b, st.text(), st.text())),
     "dataset": st.sampled_from(("", *BUILTIN_DATASETS, "my_data.jsonl", "user/name")),
     "label_words": st.one_of(
@@ -176,6 +177,11 @@ def consistent_values(draw, min_size: int = 0) -> dict:
         values["max_steps"] = draw(st.integers(1, INT64[1]))
     if get("lora_variant") == "dora" and get("qkv_parts"):
         values["qkv_parts"] = []
+    refused = {"pissa", "olora"} if get("method") == "qlora" else {"loftq"}  # loftq: qlora only
+    if get("lora_variant") == "dora":
+        refused = {"pissa", "olora", "loftq"}  # the inits from the weight are plain LoRA only
+    if get("init") in refused:
+        values["init"] = "kaiming"
     return values
 
 

@@ -21,10 +21,10 @@ from loralab.evaluation.metrics import (
     perplexity,
     rouge,
     sentence_lines,
-    text_metrics,
     token_prf,
     word_f1,
 )
+from loralab.evaluation.scores import text_metrics
 
 SENTENCE = "the quick brown fox jumps over the lazy dog near the river bank today"
 

@@ -1,4 +1,4 @@
-"""Command line: loralab train | eval | generate | compare | sweep | report | data stats.
+"""Command line: loralab train | eval | generate | export | merge | compare | sweep | report | data | sandbox.
 
 Bad input ends with one line on stderr ("loralab: error: ...") and exit code 2, never a traceback.
 """
@@ -14,6 +14,8 @@ from pathlib import Path
 from loralab.config import BUILTIN_DATASETS, RunConfig, describe_options, load_config, read_run_config
 from loralab.errors import Interrupted, UserError
 from loralab.evaluation.sandbox.cli import add_sandbox_parser, cmd_sandbox
+from loralab.reporting.cli import add_comparison_parsers, cmd_compare, cmd_report, cmd_sweep
+from loralab.training.merge_runs import add_merge_parser, cmd_merge
 
 # Each command imports the layers it runs inside its own function, so that `loralab --help`, a bad flag or a
 # bad config is answered without loading torch, transformers and the models.
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="loralab", description="Fine-tune language models with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parsers(commands)
-    _add_comparison_parsers(commands)
+    add_merge_parser(commands)
+    add_comparison_parsers(commands)
     _add_data_parser(commands)
     add_sandbox_parser(commands)
     return parser
@@ -108,54 +111,6 @@ def _add_run_parsers(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
 
 
-def _add_comparison_parsers(commands: argparse._SubParsersAction) -> None:
-    """Several runs side by side: compare (methods), sweep (a grid of settings), report."""
-    compare = commands.add_parser(
-        "compare",
-        help="train several methods on the same data and budget, then write a report",
-        description="Run CONFIG once per method (same data, seed and budget), each in its own folder under "
-        "OUT_DIR_compare (or --out_dir), then write report.md and plots there. --key=value overrides apply "
-        "to all runs; --METHOD.key=value to one (e.g. --full.lr=5e-5). Run the same command again to reuse "
-        "finished runs and resume interrupted ones.",
-    )
-    compare.add_argument("config", help="TOML config file (see configs/)")
-    compare.add_argument(
-        "--methods", required=True, help="comma-separated, e.g. lora,full,last_layers,prompt_tuning,qlora"
-    )
-    compare.add_argument("--overwrite", action="store_true", help="retrain runs that exist already")
-
-    sweep = commands.add_parser(
-        "sweep",
-        help="train a grid of settings (e.g. rank × lr), then write a report",
-        description="Run CONFIG for every combination of the --grid values, each in its own folder under "
-        "OUT_DIR_sweep (or --out_dir), then write report.md and plots there.",
-    )
-    sweep.add_argument("config", help="TOML config file (see configs/)")
-    sweep.add_argument(
-        "--grid",
-        action="append",
-        required=True,
-        metavar="KEY=V1,V2",
-        help="repeatable, e.g. --grid rank=8,16,32 --grid lr=1e-4,5e-4",
-    )
-    sweep.add_argument(
-        "--alpha-over-rank",
-        type=float,
-        default=0.0,
-        metavar="K",
-        help="set alpha = K × rank in every run (constant scaling)",
-    )
-    sweep.add_argument("--overwrite", action="store_true", help="retrain runs that exist already")
-
-    report = commands.add_parser(
-        "report",
-        help="rebuild the comparison report from finished runs",
-        description="Write report.md and plots for RUN_DIRs (folders of loralab train / compare / sweep).",
-    )
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    report.add_argument("--out", default=None, help="folder for the report (default: the first run's parent)")
-
-
 def _add_data_parser(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -207,6 +162,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     config = load_config(args.config, overrides)  # a bad config is answered before torch loads
+    from loralab.evaluation.uncertainty import intervals_line
     from loralab.files import is_disk_full, no_space_error
     from loralab.tasks import get_task
     from loralab.training.loop import train
@@ -219,7 +175,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         raise no_space_error(Path(config.out_dir)) from None
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    print(f"test {get_task(config.task).headline(summary['metrics'])}")
+    task = get_task(config.task)
+    print(f"test {task.headline(summary['metrics'])}")
+    print(
+        intervals_line(summary["metrics"], task.report_metrics) or "(no intervals: bootstrap_resamples = 0)"
+    )
     print(
         f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "
         f"({summary['trainable_percent']:.3f}%), train time {summary['train_time_s']:.0f} s, "
@@ -232,6 +192,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from loralab.data.encoding import random_subset
     from loralab.evaluation.code_eval import check_code_eval
+    from loralab.evaluation.uncertainty import intervals_line, save_statistics, with_intervals
     from loralab.files import write_json_atomically, write_lines_atomically
     from loralab.tasks import get_task
     from loralab.training.run_model import load_for_inference
@@ -241,15 +202,17 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     check_code_eval(config)  # before the model loads
     data = task.load_data(config, ("test",))
     config, source = data.config, data.sources["test"]
-    rows = random_subset(data.rows["test"], config.max_test_samples, config.seed + 2)
+    rows = random_subset(data.rows["test"], config.max_test_samples, config.subset_seed + 2)
     print(f"loralab: test: {len(rows):,} examples from {source}", file=sys.stderr)
     model, tokenizer, device, predict = load_for_inference(config, run)
-    metrics, _ = task.evaluate(model, tokenizer, config, rows, device, predict)
-    extra, samples = task.extra_evaluation(model, tokenizer, config, device, predict)  # code_qa: pass@k
-    metrics |= extra
+    metrics, _, statistics = task.evaluate(model, tokenizer, config, rows, device, predict)
+    extra, samples, more = task.extra_evaluation(model, tokenizer, config, device, predict)  # code_qa: pass@k
+    metrics = with_intervals(metrics | extra, statistics | more, config.bootstrap_resamples, config.seed)
     print(f"test {task.headline(metrics)}" + ("" if run else f" (zero-shot {config.model})"))
+    print(intervals_line(metrics, task.report_metrics) or "(no intervals: bootstrap_resamples = 0)")
     if run is not None:
         write_json_atomically(run / "eval.json", metrics)
+        save_statistics(run / "eval_statistics.safetensors", statistics | more)
         if samples:
             write_lines_atomically(run / "eval_code_samples.jsonl", samples)
     return 0
@@ -317,43 +280,6 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _bench(runs: list, overwrite: bool, title: str) -> int:
-    from loralab.reporting.compare import run_all
-    from loralab.reporting.report import write_report
-
-    folders = run_all(runs, overwrite)
-    path = write_report(folders, folders[0].parent, title)
-    print("\n".join(line for line in path.read_text().splitlines() if line.startswith("|")))
-    print(f"report: {path}")
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.reporting.compare import compare_configs
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    runs = compare_configs(args.config, methods, overrides)
-    return _bench(runs, args.overwrite, f"Methods compared: {', '.join(methods)}")
-
-
-def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.reporting.compare import sweep_configs
-
-    runs = sweep_configs(args.config, args.grid, overrides, args.alpha_over_rank)
-    return _bench(runs, args.overwrite, f"Sweep over {' × '.join(g.split('=')[0] for g in args.grid)}")
-
-
-def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
-    from loralab.reporting.report import write_report
-
-    if overrides:
-        raise UserError(f"loralab report takes no overrides, got {' '.join(overrides)}")
-    folders = [Path(f) for f in args.run_dirs]
-    path = write_report(folders, Path(args.out) if args.out else folders[0].parent)
-    print(f"report: {path}")
-    return 0
-
-
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.action == "preview":
         if args.n < 1:
@@ -377,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like --key=value)")
     commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "export": cmd_export,
                 "compare": cmd_compare, "sweep": cmd_sweep, "report": cmd_report, "data": cmd_data,
-                "sandbox": cmd_sandbox}  # fmt: skip
+                "sandbox": cmd_sandbox, "merge": cmd_merge}  # fmt: skip
     try:
         return commands[args.command](args, extra)
     except UserError as exc:

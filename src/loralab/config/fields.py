@@ -119,9 +119,22 @@ class RunConfig:
         "which biases train too: none, all (every bias in the model) or lora_only (those of adapted layers)",
     )
     init: str = option(
-        "kaiming", "how A starts (B starts at 0): kaiming-uniform as nn.Linear, or gaussian N(0, 1/r)"
+        "kaiming",
+        "how A and B start (README: LoRA initialisations): kaiming-uniform A as nn.Linear, or gaussian N(0, 1/r), "
+        "B = 0; pissa (top-r singular vectors of W, Meng et al. 2024) or olora (QR of W, Büyükakyüz 2024), the "
+        "frozen weight keeping the rest; loftq (method qlora: A, B fit the error of the 4-bit base, Li et al. "
+        "2023)",
+    )
+    loftq_iter: int = option(
+        1,
+        "init loftq: alternating steps of NF4 rounding and rank-r fit (1 = QLoRA's base plus a fit, as peft)",
     )
     use_rslora: bool = option(False, "scale by alpha/√r instead of alpha/r (rsLoRA, Kalajdzievski 2023)")
+    loraplus_lr_ratio: float = option(
+        1.0,
+        "LoRA+ (Hayou et al. 2024): the B matrices learn at lr × this, everything else at lr; 1 = off (plain "
+        "LoRA); the paper suggests about 16",
+    )
     lora_variant: str = option(
         "lora",
         "dora = DoRA (Liu et al. 2024): a trained magnitude per output unit times the normalised W0 + ΔW",
@@ -217,7 +230,14 @@ class RunConfig:
     max_test_samples: int = option(0, "test examples for the final metrics; 0 = all")
     eval_every: int = option(0, "optimizer steps between validation losses; 0 = once per epoch")
     patience: int = option(0, "stop after this many validations without improvement; 0 = never")
-    seed: int = option(0, "seeds the data subsets, the batch order and the random initialisations")
+    seed: int = option(
+        0, "seeds the batch order, the random initialisations and dropout (and the data, below)"
+    )
+    data_seed: int = option(
+        -1,
+        "seeds the data subsets (max_*_samples), the splits cut from train and the code_eval problems; -1 = "
+        "seed. compare/sweep --seeds keep it fixed, so every seed is tested on the same examples",
+    )
     device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     report_to: list[str] = option(
         ["tensorboard"],
@@ -263,6 +283,10 @@ class RunConfig:
         "instruction: the test metrics of the generated answers, from exact_match, token_f1, bleu, chrf, "
         "rougeL, rougeLsum, code_token_f1, bleu_batched16; empty = the task's",
     )
+    bootstrap_resamples: int = option(
+        1000,
+        "test sets resampled (with replacement, seeded by seed) for each test metric's 95% interval; 0 = none",
+    )
 
     code_eval: str = option(
         "",
@@ -294,6 +318,11 @@ class RunConfig:
             modules_to_save=tuple(self.modules_to_save),
             qkv_parts=tuple(self.qkv_parts) or None,
         )
+
+    @property
+    def subset_seed(self) -> int:
+        """The seed of the data subsets and splits: data_seed, or seed when data_seed is -1."""
+        return self.seed if self.data_seed < 0 else self.data_seed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

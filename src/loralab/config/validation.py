@@ -42,11 +42,11 @@ SPLITS = ("train", "validation", "test")
 CHAT_TEMPLATES = ("auto", "tokenizer", "none", "chatml", "gemma")  # or a .jinja file
 POSITIVE = ("batch_size", "grad_accum", "max_length", "eval_batch_size", "num_beams", "code_eval_samples",
             "code_eval_timeout_s", "n_virtual_tokens", "student_embedding_dim", "student_hidden_size",
-            "distill_temperature")  # fmt: skip
+            "distill_temperature", "loftq_iter", "loraplus_lr_ratio")  # fmt: skip
 NON_NEGATIVE = (
     "epochs", "max_steps", "max_train_samples", "max_eval_samples", "max_test_samples", "eval_every",
     "patience", "top_k", "weight_decay", "max_grad_norm", "temperature", "max_new_tokens",
-    "max_code_eval_problems", "n_layers",
+    "max_code_eval_problems", "n_layers", "bootstrap_resamples",
 )  # fmt: skip
 REPORTERS = ("tensorboard", "wandb")
 
@@ -116,6 +116,8 @@ def validate(config: RunConfig) -> None:
     for key in NON_NEGATIVE:
         if getattr(config, key) < 0:
             raise UserError(f"{key} must be >= 0, got {getattr(config, key)}")
+    if config.data_seed < -1:
+        raise UserError(f"data_seed must be -1 (= seed) or >= 0, got {config.data_seed}")
     if config.epochs == 0 and config.max_steps == 0:
         raise UserError("set epochs > 0 or max_steps > 0 so that training has something to do")
     if not 0 <= config.warmup_ratio < 1:
@@ -158,3 +160,12 @@ def validate(config: RunConfig) -> None:
     if not config.out_dir:
         raise UserError("out_dir is empty; set it to the folder for this run")
     config.lora_config()  # raises UserError for bad r, alpha, dropout, bias, init, targets
+    if config.init == "loftq" and config.method != "qlora":
+        raise UserError(
+            f"init loftq fits LoRA to the error of QLoRA's 4-bit base: it needs method qlora, not {config.method}"
+        )
+    if config.init in ("pissa", "olora") and config.method == "qlora":
+        raise UserError(
+            f"init {config.init} changes the base weights before qlora quantizes them; with qlora use init "
+            "loftq (or kaiming)"
+        )

@@ -3,8 +3,8 @@
 Classification: accuracy, per-class and macro precision / recall / F1, invalid rate, confusion matrix. Text:
 BLEU (Papineni et al. 2002) and chrF (Popović 2015), both via sacrebleu on its 0-100 scale; ROUGE (Lin 2004, via
 rouge-score); SQuAD exact match and word F1 (Rajpurkar et al. 2016); code-token precision / recall / F1; all
-but BLEU and chrF on a 0-1 scale. text_metrics computes a chosen set of them by name (METRIC_NAMES). Language
-modelling: perplexity. Code: pass@k (Chen et al. 2021). sacrebleu and rouge-score are imported inside the
+but BLEU and chrF on a 0-1 scale; evaluation.scores.text_metrics computes a chosen set of them by name
+(METRIC_NAMES), with each one's per-example statistics. Language modelling: perplexity. Code: pass@k (Chen et al. 2021). sacrebleu and rouge-score are imported inside the
 functions that need them (together about 0.7 s).
 """
 
@@ -14,9 +14,8 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
 
-# The names text_metrics accepts (a literal tuple: the config layer, below this one, reads it without importing).
+# The names scores.text_metrics accepts (a literal tuple: the config layer, below this one, reads it without importing).
 METRIC_NAMES = (
     "exact_match",
     "token_f1",
@@ -144,16 +143,16 @@ def code_tokens(text: str) -> list[str]:
     return _CODE_TOKEN.findall(text)
 
 
-def token_prf(hypotheses: list[str], references: list[str]) -> dict:
-    """Token precision, recall and F1 of each hypothesis against its reference, averaged over examples.
+def token_prf_each(hypotheses: list[str], references: list[str]) -> dict[str, list[float]]:
+    """Token precision, recall and F1 of each hypothesis against its reference ({"precision": [...], ...}).
 
     Tokens come from code_tokens (so `x+1` and `x + 1` agree). The overlap is the bag-of-tokens intersection
     with counts: sum over tokens of min(count in hypothesis, count in reference). Precision = overlap / hypothesis
     tokens, recall = overlap / reference tokens, F1 their harmonic mean (0 when both are 0). Two empty texts
-    score 1, one empty text 0. Returns {"precision", "recall", "f1", "n"} on a 0-1 scale.
+    score 1, one empty text 0.
     """
     _check_pairs(hypotheses, references)
-    totals = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    scores: dict[str, list[float]] = {"precision": [], "recall": [], "f1": []}
     for hypothesis, reference in zip(hypotheses, references, strict=True):
         hyp, ref = Counter(code_tokens(hypothesis)), Counter(code_tokens(reference))
         n_hyp, n_ref = sum(hyp.values()), sum(ref.values())
@@ -163,11 +162,15 @@ def token_prf(hypotheses: list[str], references: list[str]) -> dict:
             overlap = sum((hyp & ref).values())
             precision, recall = overlap / n_hyp, overlap / n_ref
             f1 = 2 * precision * recall / (precision + recall) if overlap else 0.0
-        totals["precision"] += precision
-        totals["recall"] += recall
-        totals["f1"] += f1
-    n = len(hypotheses)
-    return {key: value / n for key, value in totals.items()} | {"n": n}
+        for key, value in (("precision", precision), ("recall", recall), ("f1", f1)):
+            scores[key].append(value)
+    return scores
+
+
+def token_prf(hypotheses: list[str], references: list[str]) -> dict:
+    """token_prf_each averaged over examples: {"precision", "recall", "f1", "n"} on a 0-1 scale."""
+    scores = token_prf_each(hypotheses, references)
+    return {key: sum(values) / len(values) for key, values in scores.items()} | {"n": len(hypotheses)}
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -184,15 +187,15 @@ def sentence_lines(text: str) -> str:
     return "\n".join(_SENTENCE_END.split(text.strip()))
 
 
-def rouge(hypotheses: list[str], references: list[str]) -> dict:
-    """ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (Lin 2004) on a 0-1 scale, averaged over examples.
+def rouge_each(hypotheses: list[str], references: list[str]) -> dict[str, list[float]]:
+    """ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (Lin 2004) of each example, on a 0-1 scale.
 
     Computed by Google's rouge-score package with its Porter stemmer on ("running" matches "run") and its
     default tokenizer, which lowercases and keeps only runs of ASCII letters and digits (punctuation, symbols
     and non-Latin letters are dropped). rougeL is the LCS of the whole texts; rougeLsum is the summary-level
     LCS over sentences (the union of each reference sentence's LCS with all hypothesis sentences), with the
     sentences put on lines by sentence_lines. The ROUGE-L that papers publish for CNN/DailyMail (the original
-    ROUGE-1.5.5 script on sentence-split summaries) is ROUGE-Lsum, not rougeL. Returns {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"}.
+    ROUGE-1.5.5 script on sentence-split summaries) is ROUGE-Lsum, not rougeL.
     """
     from rouge_score import rouge_scorer
 
@@ -200,15 +203,20 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict:
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     # Given rougeLsum alone, rouge-score tokenizes only sentence by sentence, so nothing is tokenized twice.
     summary_scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
-    totals = dict.fromkeys((*ROUGE_TYPES, "rougeLsum"), 0.0)
+    each: dict[str, list[float]] = {key: [] for key in (*ROUGE_TYPES, "rougeLsum")}
     for hypothesis, reference in zip(hypotheses, references, strict=True):
         scores = scorer.score(reference, hypothesis)  # rouge-score takes (target, prediction)
         for key in ROUGE_TYPES:
-            totals[key] += scores[key].fmeasure
+            each[key].append(scores[key].fmeasure)
         summary = summary_scorer.score(sentence_lines(reference), sentence_lines(hypothesis))
-        totals["rougeLsum"] += summary["rougeLsum"].fmeasure
-    n = len(hypotheses)
-    return {key: value / n for key, value in totals.items()} | {"n": n}
+        each["rougeLsum"].append(summary["rougeLsum"].fmeasure)
+    return each
+
+
+def rouge(hypotheses: list[str], references: list[str]) -> dict:
+    """rouge_each averaged over examples: {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"}."""
+    each = rouge_each(hypotheses, references)
+    return {key: sum(values) / len(values) for key, values in each.items()} | {"n": len(hypotheses)}
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -221,29 +229,41 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
 
 
-def exact_match(hypotheses: list[str], references: list[str]) -> float:
-    """Share of hypotheses equal to their reference after normalize_answer (SQuAD exact match), 0-1."""
+def exact_match_each(hypotheses: list[str], references: list[str]) -> list[float]:
+    """1.0 where a hypothesis equals its reference after normalize_answer (SQuAD exact match), else 0.0."""
     _check_pairs(hypotheses, references)
     pairs = zip(hypotheses, references, strict=True)
-    return sum(normalize_answer(h) == normalize_answer(r) for h, r in pairs) / len(hypotheses)
+    return [float(normalize_answer(h) == normalize_answer(r)) for h, r in pairs]
 
 
-def word_f1(hypotheses: list[str], references: list[str]) -> float:
-    """SQuAD token F1 (Rajpurkar et al. 2016), 0-1, averaged over examples: the words of normalize_answer
-    (split on whitespace) as bags, overlap = sum of min counts, F1 of overlap / hypothesis words and overlap /
-    reference words. Two texts with no words score 1, one of them alone 0. Compare token_prf, on code tokens."""
+def exact_match(hypotheses: list[str], references: list[str]) -> float:
+    """Share of hypotheses equal to their reference after normalize_answer (SQuAD exact match), 0-1."""
+    return sum(exact_match_each(hypotheses, references)) / len(hypotheses)
+
+
+def word_f1_each(hypotheses: list[str], references: list[str]) -> list[float]:
+    """SQuAD token F1 (Rajpurkar et al. 2016) of each example, 0-1: the words of normalize_answer (split on
+    whitespace) as bags, overlap = sum of min counts, F1 of overlap / hypothesis words and overlap / reference
+    words. Two texts with no words score 1, one of them alone 0. Compare token_prf, on code tokens."""
     _check_pairs(hypotheses, references)
-    total = 0.0
+    scores = []
     for hypothesis, reference in zip(hypotheses, references, strict=True):
         hyp = Counter(normalize_answer(hypothesis).split())
         ref = Counter(normalize_answer(reference).split())
         overlap = sum((hyp & ref).values())
         if not hyp or not ref:
-            total += float(hyp == ref)
+            scores.append(float(hyp == ref))
         elif overlap:
             precision, recall = overlap / sum(hyp.values()), overlap / sum(ref.values())
-            total += 2 * precision * recall / (precision + recall)
-    return total / len(hypotheses)
+            scores.append(2 * precision * recall / (precision + recall))
+        else:
+            scores.append(0.0)
+    return scores
+
+
+def word_f1(hypotheses: list[str], references: list[str]) -> float:
+    """word_f1_each averaged over examples."""
+    return sum(word_f1_each(hypotheses, references)) / len(hypotheses)
 
 
 def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
@@ -254,35 +274,6 @@ def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
 
     _check_pairs(hypotheses, references)
     return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
-
-
-def text_metrics(names: Sequence[str], hypotheses: list[str], references: list[str]) -> dict:
-    """The metrics `names` (from METRIC_NAMES) of hypotheses against references, as a flat dict plus "n".
-
-    exact_match (0-1) and token_f1 (word_f1, 0-1): SQuAD-normalised words. bleu and bleu_batched16 (0-100):
-    sacrebleu's 13a tokens (bleu_batched16 is batched_bleu over batches of 16, only to match old reports).
-    chrf (0-100): characters. rougeL and rougeLsum (0-1): rouge-score's stemmed lowercase words. code_token_f1
-    (0-1): code_tokens, with code_token_precision and code_token_recall beside it. An unknown name is a
-    ValueError.
-    """
-    unknown = [name for name in names if name not in METRIC_NAMES]
-    if unknown:
-        raise ValueError(f"unknown text metric {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
-    _check_pairs(hypotheses, references)
-    result: dict = {}
-    simple = {"exact_match": exact_match, "token_f1": word_f1, "bleu": corpus_bleu, "chrf": corpus_chrf}
-    for name in names:
-        if name in simple:
-            result[name] = simple[name](hypotheses, references)
-        elif name == "bleu_batched16":
-            result[name] = batched_bleu(hypotheses, references, 16)
-        elif name == "code_token_f1":
-            prf = token_prf(hypotheses, references)
-            result |= {f"code_token_{key}": prf[key] for key in ("precision", "recall", "f1")}
-    if "rougeL" in names or "rougeLsum" in names:
-        scores = rouge(hypotheses, references)
-        result |= {name: scores[name] for name in ("rougeL", "rougeLsum") if name in names}
-    return result | {"n": len(hypotheses)}
 
 
 def perplexity(loss_sum: float, n_tokens: int) -> float:

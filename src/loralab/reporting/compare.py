@@ -56,19 +56,68 @@ def parent_folder(config_path: str, overrides: list[str], suffix: str) -> Path:
     return out if given else out.with_name(out.name + suffix)
 
 
+def parse_methods(text: str) -> list[tuple[str, str]]:
+    """(run name, method) pairs from "lora,full,pissa:lora": a NAME:METHOD entry is a second run of a method
+    under its own name, whose settings --NAME.key=value overrides give (--pissa.init=pissa)."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            name, _, method = item.rpartition(":")
+            pairs.append((name.strip() or method.strip(), method.strip()))
+    return pairs
+
+
 def compare_configs(
-    config_path: str, methods: list[str], overrides: list[str]
+    config_path: str, methods: list[str] | list[tuple[str, str]], overrides: list[str]
 ) -> list[tuple[str, RunConfig]]:
-    """One config per method, all from the same file and overrides, in folders under the parent out_dir."""
-    unknown = [m for m in methods if m not in CHOICES["method"]]
-    if unknown or not methods:
-        raise UserError(f"--methods must list methods from {', '.join(CHOICES['method'])}, got {methods}")
-    shared, own = split_overrides(overrides, methods)
+    """One config per method (or named run of a method), all from the same file and overrides, in folders
+    under the parent out_dir."""
+    pairs = [(m, m) if isinstance(m, str) else m for m in methods]
+    unknown = [method for _, method in pairs if method not in CHOICES["method"]]
+    if unknown or not pairs:
+        raise UserError(
+            f"--methods must list methods from {', '.join(CHOICES['method'])} (or NAME:METHOD), got "
+            f"{', '.join(unknown) or 'none'}"
+        )
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--methods names a run twice ({', '.join(names)}); give repeats a NAME:METHOD name")
+    shared, own = split_overrides(overrides, names)
     parent = parent_folder(config_path, shared, "_compare")
     return [
-        (m, load_config(config_path, [*shared, *own[m], f"--method={m}", f"--out_dir={parent / m}"]))
-        for m in methods
+        (name, load_config(config_path, [*shared, *own[name], f"--method={m}", f"--out_dir={parent / name}"]))
+        for name, m in pairs
     ]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """[0, 1, 2] from "0,1,2"; UserError for anything but distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds must be distinct non-negative integers such as 0,1,2, got {text!r}")
+    return seeds
+
+
+SEED_SUFFIX = "_seed="
+
+
+def with_seeds(runs: list[tuple[str, RunConfig]], seeds: list[int]) -> list[tuple[str, RunConfig]]:
+    """Each run once per seed (NAME_seed=S, in its own folder). The seed changes the batch order, the
+    initialisations and dropout; data_seed stays as the config had it, so every seed trains on the same
+    subset and is tested on the same examples (and runs of one seed can be paired example by example)."""
+    if not seeds:
+        return runs
+    repeated = []
+    for name, config in runs:
+        out = Path(config.out_dir)
+        for seed in seeds:
+            changes = [f"--seed={seed}", f"--data_seed={config.subset_seed}"]
+            changes.append(f"--out_dir={out.with_name(f'{out.name}{SEED_SUFFIX}{seed}')}")
+            repeated.append((f"{name}{SEED_SUFFIX}{seed}", load_config(None, changes, base=config)))
+    return repeated
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:

@@ -14,8 +14,9 @@ Each family module writes its hooks as plain functions and ends with one `TASK =
                             the input of a model that reads one text (encoder-decoder, classifier head)
     answer(config, row) -> str
                             the target text (the last assistant turn)
-    score(config, rows, generations) -> metrics
-                            the test metrics of the generated texts
+    score(config, rows, generations) -> (metrics, statistics)
+                            the test metrics of the generated texts, and the per-example statistics
+                            (evaluation.uncertainty.Statistic) of those that get a bootstrap interval
     headline(metrics) -> str
                             one line for the terminal
     report_metrics          test metrics for comparison reports (dotted: nested); the first present one is
@@ -23,14 +24,14 @@ Each family module writes its hooks as plain functions and ends with one `TASK =
     label(config, row) -> int
                             the class index, for a model with a classification head; None (the default): the
                             task produces text and needs a language model
-    evaluate(task, model, tokenizer, config, rows, device, predict, desc) -> (metrics, predictions)
+    evaluate(task, model, tokenizer, config, rows, device, predict, desc) -> (metrics, predictions, statistics)
                             default: generate an answer to every row's prompt and score the texts
     examples(config, tokenizer, rows) -> list[Encoded] | None
                             a family that does not encode row by row (text: packed chunks); None (default):
                             each row is one example
-    extra_evaluation(model, tokenizer, config, device, predict) -> (metrics, samples)
-                            more test metrics and one record per sample for the run folder (pass@k by running
-                            the generated code); default: none
+    extra_evaluation(model, tokenizer, config, device, predict) -> (metrics, samples, statistics)
+                            more test metrics, one record per sample for the run folder and the metrics'
+                            statistics (pass@k by running the generated code); default: none
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ import torch
 from loralab.config import RunConfig
 from loralab.data.sources import Provenance
 from loralab.evaluation.predict import generate
+from loralab.evaluation.uncertainty import Statistic
+
+Statistics = dict[str, Statistic]
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ class Data:
 
 def no_extra_evaluation(
     model: torch.nn.Module, tokenizer, config: RunConfig, device: torch.device, predict: Callable
-) -> tuple[dict, list[dict]]:
-    return {}, []
+) -> tuple[dict, list[dict], Statistics]:
+    return {}, [], {}
 
 
 def prompt_of(messages: list[dict]) -> str | list[dict]:
@@ -78,11 +82,12 @@ def generate_and_score(
     device: torch.device,
     predict: Callable = generate,
     desc: str = "test",
-) -> tuple[dict, list[str]]:
+) -> tuple[dict, list[str], Statistics]:
     """Predict for every row (its conversation up to the last answer) and score with the task's metric."""
     items = [prompt_of(task.messages(config, r)) for r in rows]  # one-text models flatten conversations
     outputs = predict(model, tokenizer, items, config, device, desc)
-    return task.score(config, rows, outputs), outputs
+    metrics, statistics = task.score(config, rows, outputs)
+    return metrics, outputs, statistics
 
 
 def one_example_per_row(config: RunConfig, tokenizer, rows: list[dict]) -> None:
@@ -98,13 +103,13 @@ class Task:
     messages: Callable[[RunConfig, dict], list[dict]]
     input_text: Callable[[RunConfig, dict], str]
     answer: Callable[[RunConfig, dict], str]
-    score: Callable[[RunConfig, list[dict], list[str]], dict]
+    score: Callable[[RunConfig, list[dict], list[str]], tuple[dict, Statistics]]
     headline: Callable[[dict], str]
     report_metrics: tuple[str, ...]
     label: Callable[[RunConfig, dict], int] | None = None
-    evaluate_hook: Callable[..., tuple[dict, list[str]]] = generate_and_score
+    evaluate_hook: Callable[..., tuple[dict, list[str], Statistics]] = generate_and_score
     examples: Callable[[RunConfig, object, list[dict]], list | None] = one_example_per_row
-    extra_evaluation: Callable[..., tuple[dict, list[dict]]] = no_extra_evaluation
+    extra_evaluation: Callable[..., tuple[dict, list[dict], Statistics]] = no_extra_evaluation
 
     def evaluate(
         self,
@@ -115,6 +120,7 @@ class Task:
         device: torch.device,
         predict: Callable = generate,
         desc: str = "test",
-    ) -> tuple[dict, list[str]]:
-        """The test metrics of `rows` and the predictions (texts) they were computed from."""
+    ) -> tuple[dict, list[str], Statistics]:
+        """The test metrics of `rows`, the predictions (texts) they were computed from, and the metrics'
+        per-example statistics."""
         return self.evaluate_hook(self, model, tokenizer, config, rows, device, predict, desc)

@@ -22,8 +22,9 @@ from loralab.errors import UserError
 from loralab.evaluation.likelihood import pick_choices
 from loralab.evaluation.metrics import classification_metrics, match_label
 from loralab.evaluation.predict import generate, prompt_ids, run_format
+from loralab.evaluation.scores import classification_statistics, examples_digest
 from loralab.models.detect import model_kind
-from loralab.tasks.base import Data, Task, generate_and_score, prompt_of
+from loralab.tasks.base import Data, Statistics, Task, generate_and_score, prompt_of
 from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value, value_key
 
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
@@ -121,9 +122,12 @@ def messages(config: RunConfig, row: dict) -> list[dict]:
     return [{"role": "user", "content": row["text"]}, {"role": "assistant", "content": answer(config, row)}]
 
 
-def score(config: RunConfig, rows: list[dict], generations: list[str]) -> dict:
+def score(config: RunConfig, rows: list[dict], generations: list[str]) -> tuple[dict, Statistics]:
     predicted = [match_label(text, config.label_words) for text in generations]
-    return classification_metrics([int(r["label"]) for r in rows], predicted, config.label_words)
+    expected = [int(r["label"]) for r in rows]
+    words = config.label_words
+    statistics = classification_statistics(expected, predicted, len(words), examples_digest(rows))
+    return classification_metrics(expected, predicted, words), statistics
 
 
 def evaluate(
@@ -135,7 +139,7 @@ def evaluate(
     device: torch.device,
     predict: Callable = generate,
     desc: str = "test",
-) -> tuple[dict, list[str]]:
+) -> tuple[dict, list[str], Statistics]:
     """By generation (or a classifier head), or with score_by = "likelihood" the likeliest label word."""
     if config.score_by != "likelihood":
         return generate_and_score(task, model, tokenizer, config, rows, device, predict, desc)
@@ -152,7 +156,8 @@ def evaluate(
     choices = [answer_ids(tokenizer, fmt, before, word) for word in config.label_words]
     picked = pick_choices(model, prompts, choices, tokenizer.pad_token_id, device, config.eval_batch_size)
     outputs = [config.label_words[i] for i in picked]
-    return score(config, rows, outputs), outputs
+    metrics, statistics = score(config, rows, outputs)
+    return metrics, outputs, statistics
 
 
 def headline(metrics: dict) -> str:

@@ -17,6 +17,8 @@ import torch
 from loralab.config import RunConfig
 from loralab.data.encoding import random_subset
 from loralab.evaluation import code_eval
+from loralab.evaluation.scores import examples_digest, pass_statistics
+from loralab.evaluation.uncertainty import Statistic
 
 PASS_KS = (1, 10, 100)
 
@@ -37,21 +39,22 @@ def humaneval_question(problem: dict) -> str:
 
 def extra_evaluation(
     model: torch.nn.Module, tokenizer, config: RunConfig, device: torch.device, predict: Callable
-) -> tuple[dict, list[dict]]:
+) -> tuple[dict, list[dict], dict[str, Statistic]]:
     """pass@k of generated code on HumanEval or MBPP (config.code_eval), run in the sandbox.
 
-    Returns the metrics and one record per problem (task id, question, the generations, passed count, statuses,
-    first failure) for the run folder, so a reader can see what the model wrote and why it failed.
+    Returns the metrics, one record per problem (task id, question, the generations, passed count, statuses,
+    first failure) for the run folder, so a reader can see what the model wrote and why it failed, and pass@k's
+    statistics over problems ("humaneval.pass@1").
     """
     if not config.code_eval:
-        return {}, []
+        return {}, [], {}
     if config.code_eval == "humaneval":
         problems, source = code_eval.load_humaneval()
         questions = [humaneval_question(p) for p in problems]
     else:
         problems, source = code_eval.load_mbpp(split="test")
         questions = [code_eval.mbpp_prompt(p) for p in problems]
-    picked = random_subset(list(range(len(problems))), config.max_code_eval_problems, config.seed + 3)
+    picked = random_subset(list(range(len(problems))), config.max_code_eval_problems, config.subset_seed + 3)
     problems, questions = [problems[i] for i in picked], [questions[i] for i in picked]
     n = config.code_eval_samples
     generations = predict(
@@ -84,7 +87,11 @@ def extra_evaluation(
             zip(problems, questions, result["problems"], strict=True)
         )
     ]
-    return {config.code_eval: summary | {"status": statuses, "source": source}}, samples
+    ks = [int(key.removeprefix("pass@")) for key in summary if key.startswith("pass@")]
+    passed = [outcome["passed"] for outcome in result["problems"]]
+    which = examples_digest([problem["task_id"] for problem in problems])
+    statistics = pass_statistics(config.code_eval, passed, n, ks, which)
+    return {config.code_eval: summary | {"status": statuses, "source": source}}, samples, statistics
 
 
 def pass_headline(metrics: dict) -> str:

@@ -4,7 +4,7 @@ Rows come in one of four shapes, detected from the columns or set by `format` (d
 completion; alpaca (instruction, input, output); messages (OpenAI style, role / content, several turns); ShareGPT
 (conversations: from / value). Every row becomes a conversation; a causal LM trains on every assistant turn
 and nothing else. Validation loss (and its perplexity) always; test metrics by generation, the last assistant
-turn of each test conversation being the reference, chosen by `metrics` (evaluation.metrics.text_metrics);
+turn of each test conversation being the reference, chosen by `metrics` (evaluation.scores.text_metrics);
 with `code_eval`, pass@k of the generated code (tasks.code_checks).
 """
 
@@ -14,9 +14,9 @@ import json
 
 from loralab.config import RunConfig
 from loralab.data.formats import detect_format, to_messages
-from loralab.evaluation.metrics import text_metrics
 from loralab.evaluation.predict import flatten
-from loralab.tasks.base import Data, Task, prompt_of
+from loralab.evaluation.scores import examples_digest, text_statistics
+from loralab.tasks.base import Data, Statistics, Task, prompt_of
 from loralab.tasks.code_checks import extra_evaluation, pass_headline
 from loralab.tasks.rows import column_map, dataset_label, load_tables
 
@@ -102,11 +102,14 @@ def answer(config: RunConfig, row: dict) -> str:
     return row["messages"][-1]["content"]
 
 
-def score(config: RunConfig, rows: list[dict], generations: list[str]) -> dict:
+def score(config: RunConfig, rows: list[dict], generations: list[str]) -> tuple[dict, Statistics]:
     references = [answer(config, r) for r in rows]
     hypotheses = [g.strip() for g in generations]
-    metrics = text_metrics(config.metrics, hypotheses, references)
-    return {"n": len(rows)} | metrics | {"empty_rate": sum(not h for h in hypotheses) / len(hypotheses)}
+    statistics = text_statistics(config.metrics, hypotheses, references, examples_digest(rows))
+    metrics = {name: statistic.value() for name, statistic in statistics.items()}
+    return {"n": len(rows)} | metrics | {
+        "empty_rate": sum(not h for h in hypotheses) / len(hypotheses)
+    }, statistics
 
 
 def headline(metrics: dict) -> str:

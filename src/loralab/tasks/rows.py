@@ -37,7 +37,7 @@ def data_spec(config: RunConfig) -> DataSpec:
         revision=config.revision,
         splits=tuple(sorted(config.splits.items())),
         data_path=config.data_path if config.dataset else "",
-        seed=config.seed,
+        seed=config.subset_seed,
     )
 
 

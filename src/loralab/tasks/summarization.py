@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from loralab.config import RunConfig
 from loralab.data.summarization_sources import clean_text
-from loralab.evaluation.metrics import rouge
-from loralab.tasks.base import Data, Task
+from loralab.evaluation.scores import examples_digest, rouge_statistics
+from loralab.tasks.base import Data, Statistics, Task
 from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value, value_key
 
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
@@ -65,12 +65,13 @@ def messages(config: RunConfig, row: dict) -> list[dict]:
     ]
 
 
-def score(config: RunConfig, rows: list[dict], generations: list[str]) -> dict:
+def score(config: RunConfig, rows: list[dict], generations: list[str]) -> tuple[dict, Statistics]:
     references = [answer(config, r) for r in rows]
     hypotheses = [g.strip() for g in generations]
-    result = rouge(hypotheses, references)
+    statistics = rouge_statistics(hypotheses, references, examples_digest(rows))
+    result = {name: statistic.value() for name, statistic in statistics.items()} | {"n": len(rows)}
     result["empty_rate"] = sum(not h for h in hypotheses) / len(hypotheses)
-    return result
+    return result, statistics
 
 
 def headline(metrics: dict) -> str:

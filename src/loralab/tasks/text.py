@@ -17,9 +17,10 @@ from loralab.data.encoding import Encoded, collate, end_token_id
 from loralab.errors import UserError
 from loralab.evaluation.loss import answer_loss_sum
 from loralab.evaluation.predict import generate
+from loralab.evaluation.scores import examples_digest, perplexity_statistics
 from loralab.evaluation.validate import validation_loss
 from loralab.models.detect import model_kind
-from loralab.tasks.base import Data, Task
+from loralab.tasks.base import Data, Statistics, Task
 from loralab.tasks.rows import column, dataset_label, load_tables, require_columns, text_value, value_key
 
 # Literals: loralab.config reads them from this file without importing it. ROLES: the fields `columns` may
@@ -69,7 +70,7 @@ def messages(config: RunConfig, row: dict) -> list[dict]:
     return [{"role": "user", "content": ""}, {"role": "assistant", "content": row["text"]}]
 
 
-def score(config: RunConfig, rows: list[dict], generations: list[str]) -> dict:
+def score(config: RunConfig, rows: list[dict], generations: list[str]) -> tuple[dict, Statistics]:
     raise UserError("task text is scored by perplexity, not by generated texts")
 
 
@@ -82,22 +83,30 @@ def evaluate(
     device: torch.device,
     predict: Callable = generate,
     desc: str = "test",
-) -> tuple[dict, list[str]]:
-    """The mean loss per token of the test texts and its perplexity; no predictions."""
+) -> tuple[dict, list[str], Statistics]:
+    """The mean loss per token of the test texts and its perplexity, with the packed rows' summed losses and
+    token counts as their statistics (the bootstrap resamples rows); no predictions."""
     if model_kind(model) != "causal":
         raise UserError(f"task text trains a causal language model, not a {model_kind(model)} model")
     chunks = examples(config, tokenizer, rows)
+    row_losses: list[tuple[float, int]] = []
+
+    def each_row(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        sums = [
+            answer_loss_sum(model, {k: v[i : i + 1] for k, v in batch.items()})
+            for i in range(len(batch["labels"]))
+        ]
+        row_losses.extend((float(loss), n) for loss, n in sums)
+        return sum(loss for loss, _ in sums), sum(n for _, n in sums)
+
     loss = validation_loss(
-        model, chunks, config.eval_batch_size, tokenizer.pad_token_id, device, collate, answer_loss_sum
+        model, chunks, config.eval_batch_size, tokenizer.pad_token_id, device, collate, each_row
     )
     tokens = sum(len(c) - 1 for c in chunks)
-    return {
-        "n": len(rows),
-        "rows": len(chunks),
-        "tokens": tokens,
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700)),
-    }, []
+    losses, counts = zip(*row_losses, strict=True) if row_losses else ((), ())
+    statistics = perplexity_statistics(list(losses), list(counts), examples_digest(rows))
+    metrics = {"n": len(rows), "rows": len(chunks), "tokens": tokens, "loss": loss}
+    return metrics | {"perplexity": math.exp(min(loss, 700))}, [], statistics
 
 
 def headline(metrics: dict) -> str:

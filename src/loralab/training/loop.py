@@ -24,6 +24,7 @@ from loralab.data.code_vocab.text import save_code_vocab
 from loralab.data.encoding import IGNORE
 from loralab.errors import Interrupted, UserError
 from loralab.evaluation.plots import plot_confusion
+from loralab.evaluation.uncertainty import save_statistics, with_intervals
 from loralab.evaluation.validate import validation_loss, validation_loss_and_accuracy
 from loralab.files import write_json_atomically, write_lines_atomically
 from loralab.lora.inject import updates_kept_separate
@@ -118,8 +119,8 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int]:
     gradients are not finite stops the run (on_nonfinite = "stop") or makes no update ("skip").
     """
     config, state, params, optimizer = run.config, run.state, run.params, run.optimizer
-    for group in optimizer.param_groups:
-        group["lr"] = run.schedule.lr(state.step, config)
+    for group in optimizer.param_groups:  # each group keeps its ratio (LoRA+: B at lr × loraplus_lr_ratio)
+        group["lr"] = run.schedule.lr(state.step, config) * group.get("lr_ratio", 1.0)
     micro = [run.collate_train([run.train_set[i] for i in batch], run.pad_id) for batch in micro_batches]
     n_targets = sum(int((m["labels"] != IGNORE).sum()) for m in micro)  # of the whole step, all ranks
     loss_total = torch.zeros((), dtype=torch.float64)
@@ -209,13 +210,18 @@ def finish(run: Run, train_peak_mb: float) -> dict:
     config, out, model = run.config, run.out, run.model
     run.method.restore(model, out / "adapter")  # the best validation loss, not merely the last step
     t0 = time.time()
-    metrics, generations = run.task.evaluate(
+    metrics, generations, statistics = run.task.evaluate(
         model, run.tokenizer, config, run.rows["test"], run.device, run.predict
     )
     # e.g. code_qa: pass@k on HumanEval by running the generated code
-    extra, samples = run.task.extra_evaluation(model, run.tokenizer, config, run.device, run.predict)
-    metrics |= extra
+    extra, samples, extra_statistics = run.task.extra_evaluation(
+        model, run.tokenizer, config, run.device, run.predict
+    )
+    statistics |= extra_statistics
+    metrics = with_intervals(metrics | extra, statistics, config.bootstrap_resamples, config.seed)
     eval_time = time.time() - t0
+    if statistics:  # per-example figures behind each metric: intervals and paired tests between runs
+        save_statistics(out / "test_statistics.safetensors", statistics)
     if generations:  # task text is scored by perplexity and generates nothing
         rows = run.rows["test"]
         predictions = [{**row, "generated": text} for row, text in zip(rows, generations, strict=True)]

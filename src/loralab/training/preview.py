@@ -79,7 +79,7 @@ def preview(config: RunConfig, n: int = 3) -> str:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     kind = get_kind(_kind_name(config))
     fmt, note = run_format(tokenizer, config, causal=kind.name == "causal")
-    rows = random_subset(data.rows["train"], config.max_train_samples, config.seed)
+    rows = random_subset(data.rows["train"], config.max_train_samples, config.subset_seed)
     examples = encode_rows(task, kind, tokenizer, fmt, config, rows, "train")
     lines = [
         f"train: {len(rows):,} examples from {data.sources['train']}",

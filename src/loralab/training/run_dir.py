@@ -15,7 +15,7 @@ RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "predictions.jsonl"
 # Keys that may change when a run is resumed (to train longer or evaluate differently; out_dir: a moved run).
 RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "eval_every", "device", "eval_batch_size",
                      "gradient_checkpointing", "compile", "report_to", "on_nonfinite", "out_dir",
-                     "code_eval_isolation"}  # fmt: skip
+                     "code_eval_isolation", "bootstrap_resamples"}  # fmt: skip
 
 
 def check_out_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:

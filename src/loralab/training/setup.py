@@ -155,7 +155,7 @@ def _setup_data(run: Run) -> None:
         ("validation", config.max_eval_samples, 1),
         ("test", config.max_test_samples, 2),
     ):
-        run.rows[split] = random_subset(data.rows[split], limit, config.seed + offset)
+        run.rows[split] = random_subset(data.rows[split], limit, config.subset_seed + offset)
         run.sources[split] = source = data.sources[split]
         run.log(f"{split}: {len(run.rows[split]):,} examples from {source}")
     for note in data.notes:
@@ -253,7 +253,30 @@ def _setup_optimizer(run: Run) -> None:
     run.schedule = Schedule.of(len(run.train_set), config, run.world.size)
     run.params = [p for p in run.model.parameters() if p.requires_grad]
     distributed.broadcast_from_main(run.params, run.world)
-    run.optimizer = torch.optim.AdamW(run.params, lr=config.lr, weight_decay=config.weight_decay)
+    groups = param_groups(run.model, config.loraplus_lr_ratio)
+    if config.loraplus_lr_ratio != 1:
+        run.log(
+            f"LoRA+: the B matrices learn at lr × {config.loraplus_lr_ratio:g}"
+            if len(groups) > 1
+            else f"loraplus_lr_ratio ignored: method {config.method} trains no LoRA B matrices"
+        )
+    run.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def param_groups(model: torch.nn.Module, loraplus_lr_ratio: float = 1.0) -> list[dict]:
+    """AdamW's parameter groups of the trainable parameters, each with its `lr_ratio` (the loop sets a group's
+    lr to the schedule's × that ratio).
+
+    One group, unless LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models") is on:
+    then every lora_B learns at lr × loraplus_lr_ratio and the rest (A, DoRA's magnitudes, biases, modules
+    trained in full) at lr. peft's create_loraplus_optimizer also gives every 1-D parameter (biases, norms,
+    magnitudes) the B rate; here only the B matrices, as the paper defines LoRA+."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    b_matrices = [p for name, p in named if name.endswith("lora_B")]
+    if loraplus_lr_ratio == 1 or not b_matrices:
+        return [{"params": [p for _, p in named], "lr_ratio": 1.0}]
+    rest = [p for name, p in named if not name.endswith("lora_B")]
+    return [{"params": rest, "lr_ratio": 1.0}, {"params": b_matrices, "lr_ratio": float(loraplus_lr_ratio)}]
 
 
 def _setup_state(run: Run, resume: bool) -> None:
