@@ -168,3 +168,19 @@ def read_tensors(path: Path, fix: str) -> dict:
         raise UserError(f"{path} is missing; {fix}") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path} is not a valid safetensors file ({exc}); {fix}") from None
+
+
+def write_folder_atomically(destination: Path, write: Callable[[Path], None]) -> None:
+    """Call write(scratch) for a fresh folder beside `destination`, then put it in destination's place (an
+    existing destination is removed only then); a failure leaves destination as it was and no scratch folder."""
+    import shutil
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
+    try:
+        write(scratch)
+        if destination.exists():
+            shutil.rmtree(destination)
+        scratch.rename(destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

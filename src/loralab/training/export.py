@@ -10,14 +10,13 @@ Soft prompts and RNN students have no place in a transformers checkpoint, so tho
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
 from loralab.errors import UserError
+from loralab.files import write_folder_atomically
 from loralab.lora.inject import unload_lora
 from loralab.methods.qlora import dequantize_base
 from loralab.training.run_model import load_for_inference
@@ -53,13 +52,10 @@ def export_run(run: Path, config, destination: Path, overwrite: bool = False) ->
     destination.parent.mkdir(parents=True, exist_ok=True)
     model, tokenizer, _, _ = load_for_inference(config, run)
     model = merged_model(model.to("cpu"))
-    scratch = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
-    try:
+
+    def write(scratch: Path) -> None:
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
-        if destination.exists():
-            shutil.rmtree(destination)
-        scratch.rename(destination)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    write_folder_atomically(destination, write)
     return destination

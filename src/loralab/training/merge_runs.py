@@ -148,10 +148,8 @@ def merge_runs(
 ) -> dict:
     """Merge the runs' adapters into the run folder `out` (module docstring); returns merge.json's record."""
     import dataclasses
-    import shutil
-    import tempfile
 
-    from loralab.files import write_json_atomically
+    from loralab.files import write_folder_atomically, write_json_atomically
     from loralab.lora.merge import merge_adapters, read_adapter, save_merged
 
     if how not in HOWS:
@@ -187,17 +185,13 @@ def merge_runs(
         "relative_error": merged.relative_error,
         "layers": {name: e["relative_error"] for name, e in merged.errors.items()},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+
+    def write(scratch: Path) -> None:
         save_merged(merged, scratch / "adapter")
         write_json_atomically(scratch / "config.json", config.to_dict())
         write_json_atomically(scratch / "merge.json", record)
-        if out.is_dir():
-            shutil.rmtree(out)
-        scratch.rename(out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    write_folder_atomically(out, write)
     return record
 
 
