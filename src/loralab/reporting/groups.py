@@ -146,8 +146,10 @@ def _seeds_statement(a: Group, b: Group, metric: str, results: list[Comparison])
     if not significant:
         needed = sorted(r.needed for r in results if r.needed is not None)
         more = (
-            f"; about {needed[len(needed) // 2]:,} test examples (median over seeds) would be needed to show a "
-            "difference this large at 5% with 80% power"
+            f"; to show each seed's own difference at 5% with 80% power would take about {needed[0]:,} to "
+            f"{needed[-1]:,} test examples"
+            if len(needed) > 1
+            else f"; to show a difference this large would take about {needed[0]:,} test examples"
             if needed
             else ""
         )
