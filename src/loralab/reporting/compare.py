@@ -10,11 +10,15 @@ it with its error.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
+import signal
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from loralab.config import CHOICES, RunConfig, config_from_dict, load_config
@@ -180,11 +184,16 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
             target=_train_one, args=(name, config.to_dict(), resume, overwrite or not resume)
         )
         process.start()
-        try:
-            process.join()
-        except KeyboardInterrupt:
-            process.join()
-            raise
+        with _forwarding_sigterm(process) as stopped:
+            try:
+                process.join()
+            except KeyboardInterrupt:
+                process.join()
+                raise
+        if stopped:  # the run saved a checkpoint and left; so do we, with the same news
+            raise Interrupted(
+                f"stopped by SIGTERM during {name}; give the same command again to resume", 128 + stopped[0]
+            )
         error = read_error(out)
         if process.exitcode != 0 and error is None:
             how = f"signal {-process.exitcode}" if process.exitcode < 0 else f"exit code {process.exitcode}"
@@ -195,6 +204,26 @@ def run_all(runs: list[tuple[str, RunConfig]], overwrite: bool = False) -> list[
         if error is not None:
             log(f"[{i}/{len(runs)}] {name} failed: {error['error']}")
     return folders
+
+
+@contextlib.contextmanager
+def _forwarding_sigterm(process: multiprocessing.process.BaseProcess) -> Iterator[list[int]]:
+    """While a run's process works, pass a SIGTERM sent to us on to it (it saves a checkpoint between steps and
+    exits), rather than dying and leaving it training alone; yields the signals received."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield []
+        return
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        process.terminate()
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _time_left(durations: list[float], remaining: int) -> str:
