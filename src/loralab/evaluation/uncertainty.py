@@ -209,15 +209,23 @@ def with_intervals(metrics: dict, statistics: dict[str, Statistic], resamples: i
     return metrics | {INTERVALS_KEY: bootstrap_intervals(statistics, resamples, seed)}
 
 
+def metric_value(metrics: dict, dotted: str) -> float | None:
+    """The number at a dotted name in a metrics dict ("rouge.rougeL"), or None where there is none."""
+    value: object = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def intervals_line(metrics: dict, names: tuple[str, ...] | list[str]) -> str:
     """ "95% intervals: accuracy 0.857 [0.836, 0.878], macro_f1 ..." for the named metrics that have one."""
     intervals = metrics.get(INTERVALS_KEY) or {}
     parts = []
     for name in names:
-        value: object = metrics
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, int | float) and intervals.get(name) is not None:
+        value = metric_value(metrics, name)
+        if value is not None and intervals.get(name) is not None:
             digits = 2 if max(abs(value), *map(abs, intervals[name])) >= 10 else 3
             parts.append(f"{name} {format_interval(value, intervals[name], digits)}")
     return "95% intervals (bootstrap over test examples): " + ", ".join(parts) if parts else ""

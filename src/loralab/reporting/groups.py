@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from loralab.evaluation.paired import Comparison, compare, statement
-from loralab.evaluation.uncertainty import INTERVALS_KEY, format_interval
+from loralab.evaluation.uncertainty import INTERVALS_KEY, format_interval, metric_value
 from loralab.reporting.compare import SEED_SUFFIX
 
 MAX_ALL_PAIRS = 6  # more groups than this: each is tested against the best one only
@@ -41,15 +41,6 @@ def group_runs(runs: list[dict]) -> list[Group]:
     for run in runs:
         names.setdefault(group_name(run["name"]), []).append(run)
     return [Group(name, members) for name, members in names.items()]
-
-
-def metric_value(metrics: dict, dotted: str) -> float | None:
-    value: object = metrics
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def values(group: Group, metric: str) -> list[float]:

@@ -16,7 +16,7 @@ import statistics as stats
 from pathlib import Path
 
 from loralab.errors import UserError
-from loralab.evaluation.uncertainty import load_statistics
+from loralab.evaluation.uncertainty import load_statistics, metric_value
 from loralab.files import read_json_object, write_text_atomically
 from loralab.reporting.compare import read_error
 from loralab.reporting.content import ReportContent
@@ -25,7 +25,6 @@ from loralab.reporting.groups import (
     cell,
     compare_groups,
     group_runs,
-    metric_value,
     pairs_to_test,
     spread,
 )
