@@ -57,7 +57,7 @@ def test_rnn_student_reads_up_to_the_last_real_token(cell):
     assert not torch.allclose(padded[0], padded[1])
 
 
-def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, capsys):
+def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, capsys, monkeypatch):
     teacher = tmp_path / "teacher"
     assert main(["train", DEMO, f"--model={tiny_llama_folder}", f"--out_dir={teacher}", *SMALL]) == 0
     student = tmp_path / "student"
@@ -78,6 +78,19 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
     cached = load_file(str(student / "teacher_logits.safetensors"))
     (logits,) = cached.values()
     assert logits.shape == (32, 2) and bool(torch.isfinite(logits).all())
+
+    # a sibling run with the same teacher and examples (another seed of a sweep) reuses them, and keeps a copy
+    import loralab.methods.distill as distill
+
+    def no_teacher_pass(*_args):
+        raise AssertionError("the teacher's logits were computed again")
+
+    monkeypatch.setattr(distill, "compute_teacher_logits", no_teacher_pass)
+    again = tmp_path / "student_seed1"
+    same_data = f"--data_seed={json_config(student).seed}"  # as compare / sweep --seeds set it
+    assert main([*args[:3], f"--out_dir={again}", *args[4:], "--seed=1", same_data]) == 0
+    assert torch.equal(load_file(str(again / "teacher_logits.safetensors"))[next(iter(cached))], logits)
+    monkeypatch.undo()
     capsys.readouterr()
     assert main(["eval", str(student)]) == 0  # the student is rebuilt from the config and its weights loaded
     assert f"accuracy {summary['metrics']['accuracy']:.4f} on 16 examples" in capsys.readouterr().out
@@ -100,7 +113,8 @@ def test_a_lora_teacher_run_teaches_an_rnn_student(tmp_path, tiny_llama_folder, 
         assert torch.allclose(logits, alone_logits, atol=1e-4)
 
     alone = tmp_path / "alone"
-    assert main([*args[:4], f"--out_dir={alone}", *args[5:], "--distill_alpha=0"]) == 0
+    assert main([*args[:3], f"--out_dir={alone}", *args[4:], "--distill_alpha=0"]) == 0
+    assert json_config(alone).method == "distill"
     assert not (alone / "teacher_logits.safetensors").exists()  # no teacher needed or asked
 
 

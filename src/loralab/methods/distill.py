@@ -4,9 +4,10 @@
 
 The teacher is a finished loralab run (e.g. the LoRA sentiment run: its class logits are the LM's logits of
 the label words' first tokens after the prompt, or a classifier run's head) or any model name. Its logits on
-the training examples are computed once and cached in the run folder (teacher_logits.safetensors). The student
-is a GRU or LSTM classifier (embedding → RNN → linear on the last hidden state, the reference setup that
-distilled GPT-2 into an RNN) over the tokenizer of `model`, or a smaller transformer named by `student`.
+the training examples are computed once and cached in the run folder (teacher_logits.safetensors), where the
+other runs of a compare / sweep (sibling folders) find them. The student is a GRU or LSTM classifier
+(embedding → RNN → linear on the last hidden state, the reference setup that distilled GPT-2 into an RNN) over
+the tokenizer of `model`, or a smaller transformer named by `student`.
 With `distill_alpha = 0` the same student trains on the labels alone: the baseline distillation must beat.
 Validation loss is the plain cross-entropy in both cases, so the two are comparable.
 """
@@ -200,6 +201,27 @@ def compute_teacher_logits(config: RunConfig, rows: list[dict], load_run: Callab
     return out
 
 
+_FIX = "delete it, and loralab computes the teacher's logits again"
+
+
+def cached_teacher_logits(out: Path, key: str) -> tuple[torch.Tensor, Path] | None:
+    """The teacher's logits saved under `key` and their file: in this run's folder, else in a sibling run's
+    (another seed or setting of the same compare / sweep, with the same teacher and training examples)."""
+    own = out / CACHE_FILE
+    if own.is_file() and (found := read_tensors(own, _FIX).get(key)) is not None:
+        return found, own
+    for sibling in sorted(out.parent.glob(f"*/{CACHE_FILE}")):
+        if sibling == own:
+            continue
+        try:
+            found = read_tensors(sibling, _FIX).get(key)
+        except UserError:  # another run's broken cache is that run's business
+            continue
+        if found is not None:
+            return found, sibling
+    return None
+
+
 def attach_teacher(
     config: RunConfig, rows: list[dict], examples: list, out: Path, load_run: Callable
 ) -> list:
@@ -213,12 +235,9 @@ def attach_teacher(
     )
     key = hashlib.sha256(json.dumps([config.teacher, stamps, rows], sort_keys=True).encode()).hexdigest()
     cache = out / CACHE_FILE
-    logits = None
-    if cache.is_file():
-        saved = read_tensors(cache, "delete it, and loralab computes the teacher's logits again")
-        logits = saved.get(key[:32])
-    if logits is None:
-        logits = compute_teacher_logits(config, rows, load_run)
+    found = cached_teacher_logits(out, key[:32])
+    logits = compute_teacher_logits(config, rows, load_run) if found is None else found[0]
+    if found is None or found[1] != cache:  # kept in this run's folder too, so that the run stands alone
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(cache, lambda p: save_file({key[:32]: logits.contiguous()}, p))
     return [
