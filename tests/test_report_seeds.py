@@ -102,3 +102,26 @@ def test_one_seed_shows_intervals_and_says_when_a_difference_is_noise(tmp_path):
     assert f"{accuracy:.4f} [" in lora_row and "## Per seed" not in report
     statement = next(line for line in report.splitlines() if line.startswith("- lora vs full"))
     assert "Not distinguishable at this test size" in statement and "test examples to show" in statement
+
+
+def test_seeds_that_agree_in_direction_but_not_all_in_significance_say_so():
+    from loralab.evaluation.paired import Comparison, format_p
+    from loralab.reporting.groups import Group, _seeds_statement
+
+    def seed(a_value, b_value, p):
+        return Comparison("accuracy", "a", "b", a_value, b_value, None, p, "McNemar exact", 1066, None)
+
+    a, b = Group("alone", []), Group("distilled", [])
+    same_way = [seed(0.71, 0.73, 0.0498), seed(0.71, 0.73, 0.125), seed(0.73, 0.78, 8.3e-05)]
+    text = _seeds_statement(a, b, "accuracy", same_way)
+    assert "distilled is ahead in every seed, significantly at 5% in 2 of 3 seeds" in text
+    assert "p = 0.0498, 0.12, 8.3e-05" in text  # 0.0498 is not rounded up to the line it is below
+    both_ways = [seed(0.71, 0.75, 0.01), seed(0.74, 0.72, 0.3), seed(0.73, 0.73, 1.0)]
+    assert "not a consistent difference" in _seeds_statement(a, b, "accuracy", both_ways)
+    assert [format_p(p) for p in (0.0498, 0.05, 0.0504, 0.13, 0.04996)] == [
+        "0.0498",
+        "0.05",
+        "0.05",
+        "0.13",
+        "0.04996",
+    ]

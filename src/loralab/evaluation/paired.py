@@ -113,10 +113,19 @@ def compare(
     return Comparison(metric, a, b, a_value, b_value, interval, p, test, sa.n, needed)
 
 
+def format_p(p: float) -> str:
+    """Two significant digits, more where two would round across the 5% line (0.0498 is not "0.05")."""
+    for digits in (2, 3, 4):
+        text = f"{p:.{digits}g}"
+        if (float(text) < ALPHA) == (p < ALPHA):
+            return text
+    return f"{p:.6g}"
+
+
 def _p_text(comparison: Comparison, resamples: int) -> str:
     if comparison.test == "paired bootstrap" and comparison.p_value == 0:
         return f"p < {2 / resamples:.3g}"
-    return f"p = {comparison.p_value:.2g}"
+    return f"p = {format_p(comparison.p_value)}"
 
 
 def statement(comparison: Comparison, resamples: int = 1000, digits: int = 3) -> str:

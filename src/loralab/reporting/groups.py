@@ -13,7 +13,7 @@ import statistics as stats
 from dataclasses import dataclass
 from itertools import combinations
 
-from loralab.evaluation.paired import Comparison, compare, statement
+from loralab.evaluation.paired import Comparison, compare, format_p, statement
 from loralab.evaluation.uncertainty import INTERVALS_KEY, format_interval, metric_value
 from loralab.reporting.compare import SEED_SUFFIX
 
@@ -128,7 +128,7 @@ def _seeds_statement(a: Group, b: Group, metric: str, results: list[Comparison])
         f"{mean_b:.{digits}f} (difference {mean_a - mean_b:+.{digits}f}; std over seeds {std_a:.{digits}f} "
         f"and {std_b:.{digits}f})"
     )
-    ps = ", ".join(f"{r.p_value:.2g}" for r in results)
+    ps = ", ".join(format_p(r.p_value) for r in results)
     significant = [r for r in results if r.significant]
     same_sign = len({r.difference > 0 for r in significant}) <= 1
     if significant and len(significant) == len(results) and same_sign:
@@ -145,7 +145,11 @@ def _seeds_statement(a: Group, b: Group, metric: str, results: list[Comparison])
             else ""
         )
         return f"{head}. Not distinguishable in any seed ({results[0].test}, p = {ps}){more}."
-    return (
-        f"{head}. Significant at 5% in {len(significant)} of {len(results)} seeds ({results[0].test}, p = {ps}): "
-        "not a consistent difference at this test size."
-    )
+    count = f"{len(significant)} of {len(results)} seeds ({results[0].test}, p = {ps})"
+    if all(r.difference > 0 for r in results) or all(r.difference < 0 for r in results):
+        ahead = a.name if mean_a > mean_b else b.name
+        return (
+            f"{head}. {ahead} is ahead in every seed, significantly at 5% in {count}: the direction holds "
+            "over seeds, but this test size does not show the difference in each one."
+        )
+    return f"{head}. Significant at 5% in {count}: not a consistent difference at this test size."
