@@ -139,7 +139,7 @@ def test_generate_cli_takes_several_runs_and_an_adapter_per_prompt(tmp_path, tin
     monkeypatch.setenv("LORALAB_DATA_DIR", str(shared_data))
     small = ["configs/rotten_tomatoes_lora.toml", f"--model={tiny_llama_folder}", "--max_train_samples=16",
              "--max_eval_samples=8", "--max_test_samples=4", "--max_steps=2", "--batch_size=8", "--max_length=48",
-             "--report_to="]  # fmt: skip
+             "--report_to=", "--chat_template=tokenizer"]  # fmt: skip
     runs = {}
     for name, extra in (("pos", ["--lr=5e-2", "--seed=1"]), ("neg", ["--lr=5e-2", "--seed=2", "--rank=2"])):
         runs[name] = tmp_path / name
@@ -152,7 +152,8 @@ def test_generate_cli_takes_several_runs_and_an_adapter_per_prompt(tmp_path, tin
     capsys.readouterr()
 
     def one(run: str | None, prompt: str) -> str:
-        argv = ["generate", str(runs[run])] if run else ["generate", f"--model={tiny_llama_folder}"]
+        base = ["generate", f"--model={tiny_llama_folder}", "--chat_template=tokenizer"]  # as the runs read
+        argv = ["generate", str(runs[run])] if run else base
         assert main([*argv, f"--prompt={prompt}", "--max_new_tokens=4"]) == 0
         return capsys.readouterr().out[:-1]  # the continuation as printed, without print's newline
 

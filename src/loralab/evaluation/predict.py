@@ -5,6 +5,7 @@ label word, so that every task scores text.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -127,12 +128,14 @@ def generate_per_row(
     config: RunConfig,
     device: torch.device,
 ) -> list[str]:
-    """Continuations of `prompts` (used as given) by a causal LM with several adapters loaded, prompt i through
-    adapter adapters[i] (None: the base model); prompts with different adapters share batches."""
+    """Continuations of `prompts` (no task template; in the run's chat template when it uses one, as
+    `generate` with one run) by a causal LM with several adapters loaded, prompt i through adapter
+    adapters[i] (None: the base model); prompts with different adapters share batches."""
     if model_kind(model) != "causal":
         raise UserError("several adapters in one batch work for causal language models; generate one by one")
-    options = _generation_options(config, tokenizer)
-    encoded = [encode_prompt(tokenizer, "{text}", p, config.max_length) for p in prompts]
+    fmt = run_format(tokenizer, dataclasses.replace(config, template="{text}"))[0]
+    options = _generation_options(config, tokenizer, fmt)
+    encoded = [prompt_ids(tokenizer, fmt, p, config.max_length, causal=True) for p in prompts]
     outputs: list[str] = []
     for start in range(0, len(prompts), config.eval_batch_size):
         rows = slice(start, start + config.eval_batch_size)
