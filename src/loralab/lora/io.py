@@ -129,17 +129,22 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
     """Write the adapter folder (each file written to a temp name, then renamed into place)."""
     if getattr(model, "lora_config", None) is None:
         raise UserError("the model has no LoRA layers to save; call apply_lora first")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = adapter_tensors(model)
-    write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    peft_json = json.dumps(peft_config_dict(model, base_model_name), indent=2)
-    write_text_atomically(directory / CONFIG_FILE, peft_json)
     ours = {"lora_config": saved_config(model).to_dict()}
     if _is_converted(model):
         ours["converted_from"] = model.lora_config.to_dict()
-    ours = json.dumps(ours, indent=2)
-    write_text_atomically(directory / LORALAB_FILE, ours)
+    peft = peft_config_dict(model, base_model_name)
+    return write_adapter_files(directory, adapter_tensors(model), peft, ours)
+
+
+def write_adapter_files(
+    directory: str | os.PathLike, tensors: dict[str, torch.Tensor], peft_config: dict, ours: dict
+) -> Path:
+    """The files of an adapter folder: peft's weights and adapter_config.json, and loralab's own record."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_text_atomically(directory / CONFIG_FILE, json.dumps(peft_config, indent=2))
+    write_text_atomically(directory / LORALAB_FILE, json.dumps(ours, indent=2))
     return directory
 
 

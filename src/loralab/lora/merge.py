@@ -37,19 +37,23 @@ load_adapter, `loralab eval` and peft's PeftModel.from_pretrained alike.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from loralab.errors import UserError
-from loralab.files import read_json_object, read_tensors, write_atomically, write_text_atomically
+from loralab.files import read_json_object, read_tensors
 from loralab.lora.config import LoRAConfig
-from loralab.lora.io import CONFIG_FILE, LORALAB_FILE, PREFIX, WEIGHTS_FILE, read_adapter_config
+from loralab.lora.io import (
+    CONFIG_FILE,
+    PREFIX,
+    WEIGHTS_FILE,
+    read_adapter_config,
+    write_adapter_files,
+)
 
 HOWS = ("linear", "ties", "dare", "dare_ties")
 EXACT_UP_TO = 1024  # right_vectors: an exact SVD for layers with up to this many columns (the smaller side)
@@ -317,12 +321,5 @@ def _merged_configs(adapters: list[SavedAdapter], layers: list[str], rank: int) 
 
 def save_merged(merged: MergedAdapter, directory: Path) -> Path:
     """Write the merged adapter as an adapter folder (the files io.save_adapter writes, each atomically)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = merged.tensors
-    write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    write_text_atomically(directory / CONFIG_FILE, json.dumps(merged.peft_config, indent=2))
-    write_text_atomically(
-        directory / LORALAB_FILE, json.dumps({"lora_config": merged.config.to_dict()}, indent=2)
-    )
-    return directory
+    ours = {"lora_config": merged.config.to_dict()}
+    return write_adapter_files(directory, merged.tensors, merged.peft_config, ours)
