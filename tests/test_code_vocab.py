@@ -22,6 +22,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5ForConditionalGeneration, T5Tokenizer
 
 import tiny_models
+from loralab.config import load_config
 from loralab.data.code_vocab.embeddings import (
     add_code_vocabulary,
     load_adapter_with_code_vocab,
@@ -257,6 +258,36 @@ def test_smollm2_needs_no_stand_ins_and_round_trips_200_functions_exactly(smollm
         assert decode_ids(vocab, tokenizer, ids) == source
         # the plain path (decode everything, then restore) gives the same
         assert restore(tokenizer.decode(ids, clean_up_tokenization_spaces=False)) == source
+
+
+def test_a_generated_keyword_token_inside_a_name_decodes_to_plain_code(smollm2):
+    """A model may emit one of our tokens right before word characters (seen in HumanEval generations:
+    `group.pytkw:isclose()`); the text it decodes to must not keep the marker."""
+    import random
+
+    from loralab.data.code_vocab.text import predicting_with
+
+    tokenizer, vocab = smollm2
+    ours = {t: i for i, t in enumerate(vocab.tokens, vocab.first_id)}
+    ordinary = [
+        tokenizer(piece, add_special_tokens=False)["input_ids"]
+        for piece in ("close", "_range", ".", " x", "(", ")\n")
+    ]
+    ids = [*ordinary[3], *ordinary[2], ours["pytkw:is"], *ordinary[0], *ordinary[4], *ordinary[5]]
+    decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    assert decoded == " x.pytkw:isclose()\n" and vocab.restore(decoded) == decoded  # rewrite never makes this
+    assert vocab.restore_generated(decoded) == " x.isclose()\n" == decode_ids(vocab, tokenizer, ids)
+    rng = random.Random(0)
+    for _ in range(200):  # any mix of our tokens and ordinary ones: the same text as decoding id by id
+        ids = [i for _ in range(12) for i in rng.choice([[rng.choice(list(ours.values()))], *ordinary])]
+        decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        assert vocab.restore_generated(decoded) == decode_ids(vocab, tokenizer, ids)
+
+    def predict(model, tokenizer, items, config, device, desc, fmt):
+        return ["    return pytkw:in_range(x)"] * len(items)
+
+    config = load_config(None, ["--task=code_qa", "--model=smollm2-135m"])
+    assert predicting_with(predict, vocab)(None, tokenizer, ["q"], config, None) == ["    return in_range(x)"]
 
 
 def test_t5_like_tokenizer_round_trips_exactly_with_the_vocab_and_not_without():

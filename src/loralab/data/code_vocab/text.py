@@ -157,11 +157,17 @@ class CodeVocab:
 
     @cached_property
     def _restore_re(self) -> re.Pattern:
+        # After a keyword token rewrite puts a non-word character or a stand-in (pytchr:...), never a word.
+        return self._markers_re(end=rf"(?={re.escape(CHR_PREFIX)}|(?!\w))")
+
+    @cached_property
+    def _generated_re(self) -> re.Pattern:
+        return self._markers_re(end="")
+
+    def _markers_re(self, end: str) -> re.Pattern:
         def names(items) -> str:
             return "|".join(re.escape(n) for n in sorted(items, key=lambda n: (-len(n), n)))
 
-        # After a keyword token comes either a non-word character or a stand-in (pytchr:...), never a word.
-        end = rf"(?={re.escape(CHR_PREFIX)}|(?!\w))"
         return re.compile(
             rf"{re.escape(CHR_PREFIX)}(?P<chr>{names(self._chr_names())});"
             rf"|{re.escape(KW_PREFIX)}(?P<kw>{names(self.keywords)}){end}"
@@ -197,6 +203,13 @@ class CodeVocab:
     def restore(self, text: str) -> str:
         """Undo rewrite: restore(rewrite(s)) == s for every string s."""
         return self._restore_re.sub(self._source_of, text)
+
+    def restore_generated(self, text: str) -> str:
+        """Plain text from a model's decoded output: each of our tokens becomes its source wherever it stands.
+        A model may put a keyword token before word characters (`pytkw:is` + "close"), which rewrite never
+        does, so restore would keep the marker. Literal marker text is trained as stand-ins, so a decoded
+        marker is one of our tokens (then this equals decode_ids, id by id)."""
+        return self._generated_re.sub(self._source_of, text)
 
     def _source_of(self, match: re.Match) -> str:
         if match.group("chr"):
@@ -278,6 +291,6 @@ def predicting_with(predict: Callable, vocab: CodeVocab) -> Callable:
         elif fmt is not None:  # a data.chat.PromptFormat
             fmt = dataclasses.replace(fmt, template=rewrite_template(fmt.template, vocab))
         outputs = predict(model, tokenizer, [rewrite(i) for i in items], config, device, desc, fmt)
-        return [vocab.restore(text) for text in outputs]
+        return [vocab.restore_generated(text) for text in outputs]
 
     return wrapped
