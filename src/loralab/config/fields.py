@@ -220,6 +220,11 @@ class RunConfig:
     autocast: str = option(
         "none", "bf16 matrix products (on CPU fast only with bf16 units, e.g. AMX or AVX512-BF16)"
     )
+    base_precision: str = option(
+        "fp32",
+        "the frozen base weights stored and multiplied in fp32, bf16 or int8 (LoRA, trained weights and the "
+        "optimizer stay fp32); auto: the fastest this machine runs well, found by its CPU flags and a probe",
+    )
 
     max_train_samples: int = option(
         0,

@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lora_variant": ("lora", "dora"),
     "init": INIT_MODES,
     "autocast": ("none", "bf16"),
+    "base_precision": ("auto", "fp32", "bf16", "int8"),
     "on_nonfinite": ("stop", "skip"),
     "format": ("auto", *FORMATS),
     "score_by": ("generation", "likelihood"),
@@ -163,6 +164,16 @@ def validate(config: RunConfig) -> None:
     if config.init == "loftq" and config.method != "qlora":
         raise UserError(
             f"init loftq fits LoRA to the error of QLoRA's 4-bit base: it needs method qlora, not {config.method}"
+        )
+    if config.base_precision in ("bf16", "int8") and config.autocast != "none":
+        raise UserError(
+            f"base_precision {config.base_precision} and autocast {config.autocast} both set the products' "
+            "number format; keep one (autocast = none)"
+        )
+    if config.base_precision in ("bf16", "int8") and config.method == "qlora":
+        raise UserError(
+            f"method qlora keeps its base in NF4 and computes in fp32; base_precision {config.base_precision} "
+            "does not apply to it yet: set base_precision = fp32 (or auto)"
         )
     if config.init in ("pissa", "olora") and config.method == "qlora":
         raise UserError(

@@ -117,8 +117,11 @@ def residual_init(layer: LoRALinear, update: LoRAUpdate, init: str) -> None:
 def undo_residual(layer: LoRALinear, update: LoRAUpdate) -> None:
     """Give the layer its original weight back (W_res + s·B0·A0), as when the residual adapter is deleted."""
     taken = layer.out_in(_low_rank(update, update.initial_A.float(), update.initial_B.float()))
-    weight = layer.base_layer.weight
-    weight.copy_((weight.float() + taken).to(weight.dtype))
+    base = layer.base_layer
+    if getattr(base, "quantized", False):  # its weight is a fresh copy: store the sum (rounded to its grid)
+        base.set_weight((base.weight.float() + taken).to(base.weight.dtype))
+        return
+    base.weight.copy_((base.weight.float() + taken).to(base.weight.dtype))
 
 
 @torch.no_grad()

@@ -13,9 +13,9 @@ layer), so a forward looks nothing up by name.
 `eval()` merges and `train()` un-merges (nn.Module.eval() calls train(False), so both go through `train`),
 unless `auto_merge` is off (inject.set_auto_merge), which keeps the update separate in evaluation too.
 
-When the base layer is quantized (QLoRA's NF4Linear), eval() does not merge: folding ΔW into a 4-bit weight
-rounds it to the 4-bit grid. An explicit merge() still does, with a warning; to merge exactly, replace the
-quantized layers by dequantized copies first (loralab.methods.qlora.dequantize_base).
+When the base layer is quantized (QLoRA's NF4Linear, or an int8 / bf16 base: loralab.precision), eval() does
+not merge: folding ΔW into such a weight rounds it to that grid. An explicit merge() still does, with a warning;
+to merge exactly, replace the quantized layers by dequantized copies first (loralab.methods.qlora.dequantize_base).
 """
 
 from __future__ import annotations
@@ -229,9 +229,10 @@ class LoRALinear(nn.Module):
 
     def _add_to_base(self, change: torch.Tensor) -> None:
         if self.base_is_quantized:
+            grid = self.base_layer.grid
             warnings.warn(
-                "merging LoRA into a 4-bit base weight re-quantizes it: the merged weight is rounded to the NF4 "
-                "grid; call loralab.methods.qlora.dequantize_base(model) first to merge into full precision",
+                f"merging LoRA into a {grid} base weight re-quantizes it: the merged weight is rounded to the "
+                f"{grid} grid; call loralab.methods.qlora.dequantize_base(model) first to merge into full precision",
                 stacklevel=3,
             )
             self.base_layer.set_weight(self.base_layer.weight + change)
@@ -239,7 +240,7 @@ class LoRALinear(nn.Module):
             self.base_layer.weight.data += change.to(self.base_layer.weight.dtype)
 
     def train(self, mode: bool = True) -> LoRALinear:
-        """train() un-merges; eval() merges (nn.Module.eval() calls train(False)), unless the base is 4-bit."""
+        """train() un-merges; eval() merges (nn.Module.eval() calls train(False)), unless the base is quantized."""
         super().train(mode)
         if mode:
             self.unmerge()

@@ -110,6 +110,7 @@ class NF4Linear(nn.Module):
     """A frozen nn.Linear whose weight is held in NF4; the bias (if any) stays in full precision."""
 
     quantized = True
+    grid = "NF4"
 
     def __init__(self, linear: nn.Linear, double_quant: bool = True) -> None:
         super().__init__()

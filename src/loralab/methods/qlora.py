@@ -18,7 +18,6 @@ import gc
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from loralab.config import RunConfig
@@ -30,6 +29,8 @@ from loralab.lora.inject import all_lora_layers, set_submodule
 from loralab.lora.nf4 import BLOCK_SIZE, NF4Linear, to_linear
 from loralab.methods.base import Method
 from loralab.methods.lora import METHOD as LORA
+from loralab.precision.convert import own_storage
+from loralab.precision.frozen import FrozenLinear
 
 QUANT_FILE = "quantization.json"
 
@@ -59,28 +60,19 @@ def quantize_base(
             if loftq_iter and layer.adapter is not None:
                 quantized.set_weight(loftq_weight(layer, layer.adapter, loftq_iter, double_quant, fit))
             layer.base_layer = quantized
-    _own_storage(model)
+    own_storage(model)
     gc.collect()
     return model
 
 
-@torch.no_grad()
-def _own_storage(model: nn.Module) -> None:
-    """Copy the remaining weights into memory of their own. Weights loaded from safetensors can be views of
-    the file's memory map; while one of them is alive the whole map (fp32 weights included) stays resident."""
-    for parameter in model.parameters():
-        parameter.data = parameter.data.clone()
-    for module in model.modules():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer is not None:
-                setattr(module, name, buffer.clone())
-
-
 def dequantize_base(model: nn.Module) -> nn.Module:
-    """Replace every NF4Linear by a full-precision nn.Linear with its dequantized weight (in place)."""
+    """Replace every quantized base layer of LoRA (NF4, int8, bf16) by a full-precision nn.Linear (GPT-2: Conv1D)
+    holding its dequantized weight (in place)."""
     for layer in all_lora_layers(model).values():
         if isinstance(layer.base_layer, NF4Linear):
             layer.base_layer = to_linear(layer.base_layer)
+        elif isinstance(layer.base_layer, FrozenLinear):
+            layer.base_layer = layer.base_layer.to_linear()
     return model
 
 

@@ -10,6 +10,7 @@ Soft prompts and RNN students have no place in a transformers checkpoint, so tho
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -50,7 +51,8 @@ def export_run(run: Path, config, destination: Path, overwrite: bool = False) ->
     if destination.resolve() == run.resolve() or run.resolve() in destination.resolve().parents:
         raise UserError(f"export into a folder outside the run ({run}), not into it")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, _, _ = load_for_inference(config, run)
+    # merged from the original weights, whatever precision the base computed in while training
+    model, tokenizer, _, _ = load_for_inference(dataclasses.replace(config, base_precision="fp32"), run)
     model = merged_model(model.to("cpu"))
 
     def write(scratch: Path) -> None:

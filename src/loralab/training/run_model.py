@@ -3,6 +3,7 @@ finished run's result on top of it for evaluation and generation."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from loralab.lora import load_adapter
 from loralab.methods import get_method
 from loralab.models.detect import model_kind
 from loralab.models.loading import resolve_device
+from loralab.precision import apply_base_precision, choose_precision
 from loralab.training.kinds import get_kind
 
 
@@ -29,6 +31,16 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
     """
     torch.manual_seed(config.seed)
     return get_method(config.method).build_model(config, device)
+
+
+def with_base_precision(model: torch.nn.Module, config: RunConfig, device: torch.device) -> None:
+    """Convert the frozen base to the run's base_precision (recorded at its start; "auto" from the command
+    line is decided here, with a line on stderr saying what it chose)."""
+    precision = config.base_precision
+    if precision == "auto":
+        precision, note = choose_precision(precision, device)
+        print(f"loralab: {note}", file=sys.stderr)
+    apply_base_precision(model, precision, device)
 
 
 def load_for_inference(
@@ -49,6 +61,7 @@ def load_for_inference(
             predict = predicting_with(kind.predict, vocab)
         model = get_method(config.method).load(model, run / "adapter")
         model.to(device)
+    with_base_precision(model, config, device)
     model.eval()
     return model, tokenizer, device, predict
 
@@ -74,5 +87,6 @@ def load_with_adapters(runs: list[tuple[RunConfig, Path]]) -> tuple[torch.nn.Mod
     for _, run in runs:
         load_adapter(model, run / "adapter", name=run.name)
     model.to(device)
+    with_base_precision(model, first, device)
     model.eval()
     return model, tokenizer, device

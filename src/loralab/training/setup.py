@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from loralab.config import RunConfig
+from loralab.config import RunConfig, read_run_config
 from loralab.data.chat import PromptFormat, prompt_format
 from loralab.data.code_vocab.embeddings import add_code_vocabulary
 from loralab.data.code_vocab.text import CodeVocab, predicting_with, rewrite_template
@@ -40,10 +40,12 @@ from loralab.methods import get_method
 from loralab.methods.base import Method
 from loralab.models.detect import model_kind
 from loralab.models.loading import load_tokenizer, resolve_device
+from loralab.precision import PRECISIONS, apply_base_precision, choose_precision
 from loralab.tasks import get_task
 from loralab.tasks.base import Task
 from loralab.training import distributed
 from loralab.training.checkpoint import load_checkpoint, usable_checkpoint
+from loralab.training.distributed import shared_value
 from loralab.training.examples import encode_rows
 from loralab.training.kinds import Kind, get_kind
 from loralab.training.run_dir import check_out_dir, prepare_out_dir
@@ -144,6 +146,27 @@ def _setup_run(run: Run, resume: bool, overwrite: bool) -> None:
         raise UserError(f"method {config.method} does not run under torchrun; train it in one process")
     run.log = _log if run.world.main else _quiet
     run.out = check_out_dir(config, resume, overwrite) if run.world.main else Path(config.out_dir)
+    _resolve_base_precision(run, resume)
+
+
+def _resolve_base_precision(run: Run, resume: bool) -> None:
+    """Put the base precision this run computes in into run.config (so config.json records it): "auto" is
+    decided here (a resumed run keeps what it chose at its start), the same on every torchrun rank."""
+    config = run.config
+    saved = run.out / "config.json"
+    if config.base_precision == "auto" and (config.method == "qlora" or config.autocast != "none"):
+        what = "method qlora computes from its NF4 base" if config.method == "qlora" else "autocast is on"
+        chosen, note = "fp32", f"base_precision auto: fp32 ({what})"
+    elif config.base_precision == "auto" and resume and saved.is_file():
+        chosen = read_run_config(saved).base_precision
+        note = f"base_precision auto: {chosen}, as the run being resumed chose"
+    else:
+        chosen, note = choose_precision(config.base_precision, run.device)
+    index = shared_value(PRECISIONS.index(chosen), run.world, run.device)  # rank 0's choice everywhere
+    chosen = PRECISIONS[int(index)]
+    if config.base_precision == "auto" or chosen != "fp32":
+        run.log(note)
+    run.config = dataclasses.replace(config, base_precision=chosen)
 
 
 def _setup_data(run: Run) -> None:
@@ -202,6 +225,9 @@ def _setup_model(run: Run) -> None:
         )
     extra_modules = run.vocab.modules_to_save if run.vocab else ()
     run.model = model = run.method.prepare(model, config, extra_modules, run.tokenizer)
+    precision_note = apply_base_precision(model, config.base_precision, run.device)
+    if precision_note:
+        run.log(precision_note)
     for note in apply_speed_options(model, config):
         run.log(note)
     use_lean_swiglu(model)  # exact; a third less MLP activation memory in training

@@ -1,0 +1,27 @@
+"""The number format the frozen base weights are stored and multiplied in (config `base_precision`):
+fp32, bf16 (bf16.py) or int8 (int8.py), or "auto" (choose.py); convert.py swaps a model's frozen linear
+layers for those formats. LoRA's A and B, trained weights and the optimizer state stay fp32."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loralab.precision.choose import PRECISIONS, choose_precision
+from loralab.precision.convert import convert_base, low_precision_layers
+
+__all__ = ["PRECISIONS", "apply_base_precision", "choose_precision", "convert_base", "low_precision_layers"]
+
+
+def apply_base_precision(model: nn.Module, precision: str, device: torch.device) -> str | None:
+    """Convert the model's frozen linear layers to `precision` (not "auto": choose first); a line for the
+    log saying what was converted, or None for fp32."""
+    if precision == "fp32":
+        return None
+    converted, kept = convert_base(model, precision, device)
+    if not converted:
+        return f"base_precision {precision}: no frozen linear layer to convert (this method trains them all)"
+    note = f"base_precision {precision}: {converted} frozen linear layers compute in {precision}"
+    if kept:
+        note += f"; {kept} stay fp32 (int8 on {device.type} needs their sizes in multiples of 8)"
+    return note

@@ -1,0 +1,81 @@
+"""Turn a model's frozen linear layers into low-precision ones (int8.py, bf16.py), in place.
+
+A layer is converted when its weight trains not (LoRA's bases, the frozen part of last_layers, every linear of
+a soft-prompt model) and is not shared with another module (the LM head tied to the input embeddings stays
+as it is, and so does an untied head: the training loss reads its weight directly). Trained weights, LoRA's A
+and B, norms and embeddings keep their precision.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+from torch import nn
+
+from loralab.lora.inject import all_lora_layers, set_submodule
+from loralab.lora.layer import is_linear
+from loralab.precision.bf16 import Bf16Linear
+from loralab.precision.frozen import FrozenLinear
+from loralab.precision.int8 import Int8Linear, int8_shape_ok
+
+LAYERS = {"bf16": Bf16Linear, "int8": Int8Linear}
+
+
+def _shared_weights(model: nn.Module) -> set[int]:
+    counts = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return {key for key, n in counts.items() if n > 1}
+
+
+def convertible_linears(model: nn.Module) -> list[str]:
+    """Names of the frozen, unshared nn.Linear / Conv1D layers that are not the output head."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    shared = _shared_weights(model)
+    return [
+        name
+        for name, module in model.named_modules()
+        if is_linear(module)
+        and module is not head
+        and not module.weight.requires_grad
+        and (module.bias is None or not module.bias.requires_grad)
+        and id(module.weight) not in shared
+    ]
+
+
+def convert_base(model: nn.Module, precision: str, device: torch.device) -> tuple[int, int]:
+    """Replace every convertible linear layer by its `precision` ("bf16" or "int8") version; returns (layers
+    converted, layers left in full precision because int8 cannot take their shape on `device`)."""
+    if precision == "fp32":
+        return 0, 0
+    for layer in all_lora_layers(model).values():
+        layer.unmerge()  # a model in eval mode merged on wrapping: convert the pure base weight
+    converted = kept = 0
+    for name in convertible_linears(model):
+        module = model.get_submodule(name)
+        d_out, d_in = module.weight.shape if isinstance(module, nn.Linear) else module.weight.T.shape
+        if precision == "int8" and not int8_shape_ok(d_in, d_out, device):
+            kept += 1
+            continue
+        set_submodule(model, name, LAYERS[precision](module))
+        converted += 1
+    if converted:
+        own_storage(model)
+    return converted, kept
+
+
+@torch.no_grad()
+def own_storage(model: nn.Module) -> None:
+    """Copy the remaining weights into memory of their own. Weights loaded from safetensors can be views of
+    the file's memory map; while one of them is alive the whole map (fp32 weights included) stays resident."""
+    for parameter in model.parameters():
+        parameter.data = parameter.data.clone()
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None:
+                setattr(module, name, buffer.clone())
+
+
+def low_precision_layers(model: nn.Module) -> dict[str, int]:
+    """How many layers of each grid the model holds (to check that the chosen path is really taken)."""
+    return dict(collections.Counter(m.grid for m in model.modules() if isinstance(m, FrozenLinear)))
