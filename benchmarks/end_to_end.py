@@ -2,6 +2,7 @@
 peft + transformers Trainer pipeline (target P3).
 
     python benchmarks/end_to_end.py [--repeats 3]
+    python benchmarks/end_to_end.py --sides loralab,loralab-int8,loralab-bf16,peft,peft-bf16 --repeats 1
 
 Both sides: the bundled SmolLM2-135M-Instruct (the same converted weights), the same 1,024 training reviews
 (loralab's seeded subset), prompt "Review: {text}\\nSentiment:" and the label word + EOS as the only target,
@@ -11,7 +12,9 @@ epoch, AdamW, clipping 1.0, then greedy generation of 3 tokens for all 1,066 tes
 The anchor is written as a competent user would: dynamic padding, length-grouped sampling, no checkpoints,
 LoRA merged before evaluation, left-padded generation in batches of 32 sorted by length. loralab runs its
 `train` command with the demo config (plus a validation loss on 64 reviews at the start and the end, which
-the anchor skips). Each side is a fresh process, timed as a whole (imports and model loading included);
+the anchor skips). `loralab-int8` / `loralab-bf16` add `--base_precision=int8` / `bf16` (issue 18); `peft-bf16`
+loads the base in bf16 and trains with `TrainingArguments(bf16=True)`, the best a peft user can set on a CPU.
+Each side is a fresh process, timed as a whole (imports and model loading included);
 the sides alternate, the order flipped every round.
 """
 
@@ -34,13 +37,16 @@ TRAIN_EXAMPLES, LR, BATCH, RANK, ALPHA = 1024, 1e-3, 16, 8, 16.0
 TEMPLATE, WORDS = "Review: {text}\nSentiment:", ("negative", "positive")
 
 
-def loralab_command(out_dir: str) -> list[str]:
+SIDES = ("loralab", "loralab-int8", "loralab-bf16", "peft", "peft-bf16")
+
+
+def loralab_command(out_dir: str, precision: str = "fp32") -> list[str]:
     return [sys.executable, "-m", "loralab", "train", str(ROOT / "configs/rotten_tomatoes_lora.toml"),
             f"--max_train_samples={TRAIN_EXAMPLES}", "--max_eval_samples=64", "--eval_every=0",
-            f"--out_dir={out_dir}"]  # fmt: skip
+            f"--out_dir={out_dir}", f"--base_precision={precision}"]  # fmt: skip
 
 
-def peft_pipeline(out_dir: str) -> dict:
+def peft_pipeline(out_dir: str, bf16: bool = False) -> dict:
     """The anchor: peft LoRA trained by transformers' Trainer, then batched generation."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -59,7 +65,7 @@ def peft_pipeline(out_dir: str) -> dict:
     t0 = time.time()
     folder = bundled_dir("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if bf16 else torch.float32)
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                         task_type="CAUSAL_LM")  # fmt: skip
     model = get_peft_model(model, config)
@@ -77,7 +83,7 @@ def peft_pipeline(out_dir: str) -> dict:
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=BATCH, learning_rate=LR,
                              num_train_epochs=1, lr_scheduler_type="cosine", warmup_steps=0.06, weight_decay=0.0,
                              max_grad_norm=1.0, train_sampling_strategy="group_by_length", save_strategy="no", report_to="none",
-                             logging_steps=16, use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+                             logging_steps=16, use_cpu=True, seed=0, disable_tqdm=True, bf16=bf16)  # fmt: skip
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     t_train = time.time()
     Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator).train()
@@ -109,13 +115,16 @@ def peft_pipeline(out_dir: str) -> dict:
 def run_side(side: str) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         t0 = time.time()
-        if side == "loralab":
-            subprocess.run(loralab_command(scratch + "/run"), check=True, capture_output=True, text=True)
+        if side.startswith("loralab"):
+            precision = side.partition("-")[2] or "fp32"
+            subprocess.run(
+                loralab_command(scratch + "/run", precision), check=True, capture_output=True, text=True
+            )
             summary = json.loads(Path(scratch, "run", "summary.json").read_text())
             record = {"accuracy": summary["metrics"]["accuracy"], "n": summary["metrics"]["n"],
                       "train_s": summary["train_time_s"], "eval_s": summary["test_eval_time_s"]}  # fmt: skip
         else:
-            out = subprocess.run([sys.executable, __file__, "--side", "peft", "--out", scratch], check=True,
+            out = subprocess.run([sys.executable, __file__, "--side", side, "--out", scratch], check=True,
                                  capture_output=True, text=True).stdout  # fmt: skip
             record = json.loads(out.strip().splitlines()[-1])
         return record | {"wall_s": time.time() - t0}
@@ -124,30 +133,43 @@ def run_side(side: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--side", choices=["peft"], help=argparse.SUPPRESS)
+    parser.add_argument("--sides", default="loralab,peft", help=f"comma-separated, of {', '.join(SIDES)}")
+    parser.add_argument("--side", choices=["peft", "peft-bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        common.print_json(peft_pipeline(args.out))
+        common.print_json(peft_pipeline(args.out, bf16=args.side == "peft-bf16"))
         return
+    sides = args.sides.split(",")
+    if unknown := set(sides) - set(SIDES):
+        parser.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDES)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(f"# {common.machine()}")
     print("| round | side | wall s | train s | test eval s | accuracy |")
     print("|---|---|---|---|---|---|")
-    walls: dict[str, list[float]] = {"loralab": [], "peft": []}
-    accuracy: dict[str, list[float]] = {"loralab": [], "peft": []}
+    walls: dict[str, list[float]] = {side: [] for side in sides}
+    accuracy: dict[str, list[float]] = {side: [] for side in sides}
     for round_ in range(args.repeats):
-        for side in ("loralab", "peft") if round_ % 2 == 0 else ("peft", "loralab"):
+        for side in sides if round_ % 2 == 0 else sides[::-1]:
             r = run_side(side)
             walls[side].append(r["wall_s"])
             accuracy[side].append(r["accuracy"])
             print(f"| {round_ + 1} | {side} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['eval_s']:.1f} | "
                   f"{r['accuracy']:.4f} |", flush=True)  # fmt: skip
-    med = {side: common.median(v) for side, v in walls.items()}
-    acc = {side: common.median(v) for side, v in accuracy.items()}
-    print(f"\n| target | loralab wall s | peft + Trainer wall s | ratio (loralab/peft) | accuracy loralab | "
-          f"accuracy peft |\n|---|---|---|---|---|---|\n| P3 | {med['loralab']:.1f} | {med['peft']:.1f} | "
-          f"{med['loralab'] / med['peft']:.2f} | {acc['loralab']:.4f} | {acc['peft']:.4f} |")  # fmt: skip
+    anchors = [side for side in ("peft", "peft-bf16") if side in sides]
+    print(
+        "\n| target | side | wall s (median) | accuracy (median) | "
+        + " | ".join(f"wall vs {a}" for a in anchors)
+        + " |"
+    )
+    print("|---|---|---|---|" + "---|" * len(anchors))
+    for side in sides:
+        ratios = [f"{common.median(walls[side]) / common.median(walls[a]):.2f}" for a in anchors]
+        print(
+            f"| P3 | {side} | {common.median(walls[side]):.1f} | {common.median(accuracy[side]):.4f} | "
+            + " | ".join(ratios)
+            + " |"
+        )
 
 
 if __name__ == "__main__":
