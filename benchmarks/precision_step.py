@@ -1,10 +1,11 @@
-"""Training-step speed of loralab's LoRA with the base in fp32, bf16 and int8 against peft in fp32 and peft with
-the base in bf16 under bf16 autocast (what `Trainer(bf16=True)` does on a CPU), targets P1 / P2 of issue 18.
+"""Training-step speed of loralab's LoRA with the base in fp32, bf16 and int8 (and fp32 under `autocast = "bf16"`)
+against peft in fp32 and peft with the base in bf16 under bf16 autocast (what `Trainer(bf16=True)` does on a
+CPU), targets P1 / P2 of issue 18.
 
     python benchmarks/precision_step.py [--repeats 5]
 
 Setting as in train_step.py: bundled SmolLM2-135M-Instruct, LoRA r=8, alpha=16 on q,k,v,o, AdamW, batch 8 × 128
-tokens of Rotten Tomatoes reviews; P1 every token a target, P2 the answer only. All five sides are loaded in
+tokens of Rotten Tomatoes reviews; P1 every token a target, P2 the answer only. All six sides are loaded in
 one process and stepped in turn (the order reversed every round); a ratio is the median of per-round ratios
 (anchor seconds / side seconds: > 1 means faster than the anchor). The CPU's model and its bf16 / int8 flags are
 printed above the table: the figures hold for that CPU only.
@@ -48,6 +49,14 @@ def sides(base) -> dict:
         model = common.loralab_lora(copy.deepcopy(base))
         convert_base(model, precision, torch.device("cpu"))
         built[f"loralab {precision}"] = (model, common.loralab_step(model, common.optimizer_for(model)))
+    model = common.loralab_lora(copy.deepcopy(base))
+    plain_step = common.loralab_step(model, common.optimizer_for(model))
+
+    def autocast_loralab(batch: dict, plain=plain_step) -> float:  # what `autocast = "bf16"` does
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return plain(batch)
+
+    built["loralab fp32 + autocast bf16"] = (model, autocast_loralab)
     model = common.peft_lora(copy.deepcopy(base))
     built["peft fp32"] = (model, common.peft_step(model, common.optimizer_for(model)))
     model, autocast = peft_bf16(base)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 RUN = ["configs/rotten_tomatoes_lora.toml", "--max_train_samples=32", "--max_eval_samples=8",
@@ -18,15 +19,16 @@ def run(argv: list[str], shared_data) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_two_processes_train_the_adapter_of_one_process_with_the_same_global_batch(
-    tmp_path, tiny_llama_folder, shared_data
+    tmp_path, tiny_llama_folder, shared_data, precision
 ):
-    model = f"--model={tiny_llama_folder}"
-    one = run([sys.executable, "-m", "loralab", "train", *RUN, model, "--grad_accum=2",
+    model = [f"--model={tiny_llama_folder}", f"--base_precision={precision}"]
+    one = run([sys.executable, "-m", "loralab", "train", *RUN, *model, "--grad_accum=2",
                f"--out_dir={tmp_path / 'one'}"], shared_data)  # fmt: skip
     assert one.returncode == 0, one.stderr[-2000:]
     two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "loralab", "train", *RUN, model, "--grad_accum=1", f"--out_dir={tmp_path / 'two'}"],
+               "loralab", "train", *RUN, *model, "--grad_accum=1", f"--out_dir={tmp_path / 'two'}"],
               shared_data)  # fmt: skip
     assert two.returncode == 0, two.stderr[-2000:]
 
@@ -51,3 +53,5 @@ def test_two_processes_train_the_adapter_of_one_process_with_the_same_global_bat
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["metrics"]["n"] == 4
     assert two.stdout.count("trainable") == 1  # rank 1 prints no summary of its own
+    if precision == "int8":  # both ranks compute in int8; rank 0 says so
+        assert two.stderr.count("28 frozen linear layers compute in int8") == 1

@@ -270,3 +270,25 @@ def test_conflicting_precision_settings_are_refused(tmp_path, data, capsys, extr
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method, converted", [("lora", 28), ("last_layers", 14), ("full", 0)])
+def test_eval_converts_the_layers_training_froze_and_repeats_the_training_score(
+    tmp_path, tiny_llama_folder, data, capsys, method, converted
+):
+    out = tmp_path / method
+    args = ["train", DEMO, f"--model={tiny_llama_folder}", f"--out_dir={out}", "--max_steps=2", *SMALL,
+            "--base_precision=int8", f"--method={method}", "--n_layers=2", "--max_test_samples=16"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    expected = f"{converted} frozen linear layers compute in int8" if converted else "no frozen linear layer"
+    assert expected in err
+    from loralab.config import read_run_config
+    from loralab.training.run_model import load_for_inference
+
+    model, *_ = load_for_inference(read_run_config(out / "config.json"), out)
+    assert low_precision_layers(model) == ({"int8": converted} if converted else {})
+    assert main(["eval", str(out)]) == 0
+    trained = json.loads((out / "summary.json").read_text())["metrics"]
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["accuracy"] == trained["accuracy"] and evaluated["n"] == trained["n"] == 16

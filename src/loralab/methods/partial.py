@@ -46,7 +46,8 @@ def save_trained(model: nn.Module, directory: Path, method: str, base_model: str
 
 
 def load_trained(model: nn.Module, directory: Path) -> nn.Module:
-    """Copy the saved parameters into `model` (a fresh base model or one the method prepared)."""
+    """Copy the saved parameters into `model` (a fresh base model or one the method prepared); they train, the
+    rest is frozen, as in the run that saved them."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise UserError(
@@ -68,4 +69,7 @@ def load_trained(model: nn.Module, directory: Path) -> nn.Module:
                     f"{tuple(params[name].shape)}; load it onto the base model it was trained from"
                 )
             params[name].copy_(value)
+    trained = {id(params[name]) for name in saved}
+    for parameter in params.values():  # as training left them: a frozen base converts (base_precision) alike
+        parameter.requires_grad_(id(parameter) in trained)
     return model

@@ -92,6 +92,28 @@ def _scaled(
     return out.to(dtype)
 
 
+class _LastInput:
+    """The last input quantized and what it became: q, k and v (and gate and up) read the same tensor, so
+    they share one rotation and quantization. Holding the tensor keeps its id from being reused; an in-place
+    change bumps its version and misses. Inference tensors (torch.inference_mode) carry no version, so they are
+    quantized every time."""
+
+    tensor: torch.Tensor | None = None
+    key: tuple = ()
+    quantized: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def quantize(cls, x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.is_inference():  # no version counter to notice an in-place change: never shared
+            return quantize_rows(rotate(x.reshape(-1, x.shape[-1]), block))
+        key = (x._version, block)
+        if cls.tensor is x and cls.key == key:
+            return cls.quantized
+        quantized = quantize_rows(rotate(x.reshape(-1, x.shape[-1]), block))
+        cls.tensor, cls.key, cls.quantized = x, key, quantized
+        return quantized
+
+
 class _Int8Matmul(torch.autograd.Function):
     """y = x·Wᵀ through the layer's int8 weight; the input gradient through it too (module docstring)."""
 
@@ -99,7 +121,7 @@ class _Int8Matmul(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
         ctx.save_for_backward(codes, scale)
         ctx.block = block
-        q, s_x = quantize_rows(rotate(x.reshape(-1, x.shape[-1]), block))
+        q, s_x = _LastInput.quantize(x, block)
         y = _scaled(int8_product(q, codes.t()), s_x, scale, x.dtype)
         return y.view(*x.shape[:-1], codes.shape[0])
 

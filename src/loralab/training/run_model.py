@@ -35,7 +35,8 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
 
 def with_base_precision(model: torch.nn.Module, config: RunConfig, device: torch.device) -> None:
     """Convert the frozen base to the run's base_precision (recorded at its start; "auto" from the command
-    line is decided here, with a line on stderr saying what it chose)."""
+    line is decided here, with a line on stderr saying what it chose). The layers that trained in the run
+    (a method's load leaves them trainable) keep their precision, as in training."""
     precision = config.base_precision
     if precision == "auto":
         precision, note = choose_precision(precision, device)
@@ -61,6 +62,8 @@ def load_for_inference(
             predict = predicting_with(kind.predict, vocab)
         model = get_method(config.method).load(model, run / "adapter")
         model.to(device)
+    else:
+        model.requires_grad_(False)  # zero-shot: the whole base is frozen, so every linear layer converts
     with_base_precision(model, config, device)
     model.eval()
     return model, tokenizer, device, predict
