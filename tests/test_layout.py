@@ -23,6 +23,7 @@ LAYERS = [
         "loralab.config",
     ),
     ("loralab.lora",),
+    ("loralab.precision",),
     ("loralab.models",),
     ("loralab.data",),
     ("loralab.evaluation",),

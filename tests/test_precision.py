@@ -261,7 +261,6 @@ def test_auto_is_decided_once_and_a_resumed_run_keeps_its_choice(tmp_path, tiny_
     "extra, message",
     [
         (["--autocast=bf16"], "base_precision int8 and autocast bf16 both set"),
-        (["--method=qlora"], "base_precision int8 does not apply to it yet"),
         (["--base_precision=fp8"], "base_precision must be one of auto, fp32, bf16, int8"),
     ],
 )
@@ -272,7 +271,7 @@ def test_conflicting_precision_settings_are_refused(tmp_path, data, capsys, extr
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("method, converted", [("lora", 28), ("last_layers", 14), ("full", 0)])
+@pytest.mark.parametrize("method, converted", [("lora", 28), ("last_layers", 14), ("full", 0), ("qlora", 28)])
 def test_eval_converts_the_layers_training_froze_and_repeats_the_training_score(
     tmp_path, tiny_llama_folder, data, capsys, method, converted
 ):
@@ -287,8 +286,28 @@ def test_eval_converts_the_layers_training_froze_and_repeats_the_training_score(
     from loralab.training.run_model import load_for_inference
 
     model, *_ = load_for_inference(read_run_config(out / "config.json"), out)
-    assert low_precision_layers(model) == ({"int8": converted} if converted else {})
+    grid = "NF4 (int8 products)" if method == "qlora" else "int8"
+    assert low_precision_layers(model) == ({grid: converted} if converted else {})
     assert main(["eval", str(out)]) == 0
     trained = json.loads((out / "summary.json").read_text())["metrics"]
     evaluated = json.loads((out / "eval.json").read_text())
     assert evaluated["accuracy"] == trained["accuracy"] and evaluated["n"] == trained["n"] == 16
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_an_nf4_base_multiplies_in_the_chosen_format_forward_and_backward(precision):
+    from loralab.lora.nf4 import NF4Linear, to_linear
+    from loralab.precision.nf4_products import set_nf4_products
+
+    nf4 = NF4Linear(layer(bias=False))
+    dense = {"bf16": Bf16Linear, "int8": Int8Linear}[precision](to_linear(nf4))  # the same weight, stored
+    holder = nn.Sequential(nf4)
+    assert set_nf4_products(holder, precision) == 1
+    x = heavy_tailed(4, 192, seed=6)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = nf4(x1), dense(x2)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0)

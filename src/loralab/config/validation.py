@@ -170,11 +170,6 @@ def validate(config: RunConfig) -> None:
             f"base_precision {config.base_precision} and autocast {config.autocast} both set the products' "
             "number format; keep one (autocast = none)"
         )
-    if config.base_precision in ("bf16", "int8") and config.method == "qlora":
-        raise UserError(
-            f"method qlora keeps its base in NF4 and computes in fp32; base_precision {config.base_precision} "
-            "does not apply to it yet: set base_precision = fp32 (or auto)"
-        )
     if config.init in ("pissa", "olora") and config.method == "qlora":
         raise UserError(
             f"init {config.init} changes the base weights before qlora quantizes them; with qlora use init "

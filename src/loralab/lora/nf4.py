@@ -111,6 +111,9 @@ class NF4Linear(nn.Module):
 
     quantized = True
     grid = "NF4"
+    matmul = staticmethod(
+        _DequantizedMatmul.apply
+    )  # (x, layer) -> x·Wᵀ; loralab.precision sets bf16 / int8 ones
 
     def __init__(self, linear: nn.Linear, double_quant: bool = True) -> None:
         super().__init__()
@@ -150,7 +153,7 @@ class NF4Linear(nn.Module):
         self._store(quantize(weight, self.double_quant))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _DequantizedMatmul.apply(x, self)
+        y = self.matmul(x, self)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:

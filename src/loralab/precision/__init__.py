@@ -1,6 +1,13 @@
-"""The number format the frozen base weights are stored and multiplied in (config `base_precision`):
-fp32, bf16 (bf16.py) or int8 (int8.py), or "auto" (choose.py); convert.py swaps a model's frozen linear
-layers for those formats. LoRA's A and B, trained weights and the optimizer state stay fp32."""
+"""The number format the frozen base weights are stored and multiplied in (config `base_precision`).
+
+Owns: frozen (what the low-precision layers share), bf16 (Bf16Linear), int8 (Int8Linear: int8 products with a
+Hadamard rotation, forward and input gradient), nf4_products (QLoRA's NF4 layers multiplying in bf16 / int8),
+choose ("auto": CPU flags and a probe), convert (swapping a model's frozen linear layers). LoRA's A and B,
+trained weights and the optimizer state stay fp32.
+
+May import loralab.errors and loralab.lora (and torch, transformers). Inside, modules import downward in the
+order above (frozen, bf16 / int8, nf4_products, choose, convert).
+"""
 
 from __future__ import annotations
 

@@ -15,9 +15,11 @@ from torch import nn
 
 from loralab.lora.inject import all_lora_layers, set_submodule
 from loralab.lora.layer import is_linear
+from loralab.lora.nf4 import NF4Linear
 from loralab.precision.bf16 import Bf16Linear
 from loralab.precision.frozen import FrozenLinear
 from loralab.precision.int8 import Int8Linear, int8_shape_ok
+from loralab.precision.nf4_products import set_nf4_products
 
 LAYERS = {"bf16": Bf16Linear, "int8": Int8Linear}
 
@@ -44,8 +46,9 @@ def convertible_linears(model: nn.Module) -> list[str]:
 
 
 def convert_base(model: nn.Module, precision: str, device: torch.device) -> tuple[int, int]:
-    """Replace every convertible linear layer by its `precision` ("bf16" or "int8") version; returns (layers
-    converted, layers left in full precision because int8 cannot take their shape on `device`)."""
+    """Replace every convertible linear layer by its `precision` ("bf16" or "int8") version, and make QLoRA's
+    NF4 layers multiply in it; returns (layers converted, layers left in full precision because int8 cannot take
+    their shape on `device`)."""
     if precision == "fp32":
         return 0, 0
     for layer in all_lora_layers(model).values():
@@ -61,7 +64,7 @@ def convert_base(model: nn.Module, precision: str, device: torch.device) -> tupl
         converted += 1
     if converted:
         own_storage(model)
-    return converted, kept
+    return converted + set_nf4_products(model, precision), kept
 
 
 @torch.no_grad()
@@ -78,4 +81,5 @@ def own_storage(model: nn.Module) -> None:
 
 def low_precision_layers(model: nn.Module) -> dict[str, int]:
     """How many layers of each grid the model holds (to check that the chosen path is really taken)."""
-    return dict(collections.Counter(m.grid for m in model.modules() if isinstance(m, FrozenLinear)))
+    grids = [m.grid for m in model.modules() if isinstance(m, FrozenLinear | NF4Linear)]
+    return dict(collections.Counter(grids))

@@ -114,25 +114,41 @@ class _LastInput:
         return quantized
 
 
+def weight_codes(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q_w, s_w) of a d_out × d_in weight: rotated, then one int8 scale per output row."""
+    codes, scale = quantize_rows(rotate(weight.float(), block))
+    return codes.contiguous(), scale.view(-1)
+
+
+def int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    """x·Wᵀ from the weight's (Q_w, s_w), x quantized per token after the rotation (module docstring)."""
+    q, s_x = _LastInput.quantize(x, block)
+    y = _scaled(int8_product(q, codes.t()), s_x, scale, x.dtype)
+    return y.view(*x.shape[:-1], codes.shape[0])
+
+
+def int8_input_grad(grad: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    """grad·W from the weight's (Q_w, s_w): s_w folded into the gradient, which is quantized per row."""
+    q, s_g = quantize_rows(grad.reshape(-1, grad.shape[-1]) * scale)
+    grad_x = rotate(_scaled(int8_product(q, codes), s_g, None, grad.dtype), block)
+    return grad_x.view(*grad.shape[:-1], codes.shape[1])
+
+
 class _Int8Matmul(torch.autograd.Function):
-    """y = x·Wᵀ through the layer's int8 weight; the input gradient through it too (module docstring)."""
+    """y = x·Wᵀ through the layer's int8 weight; the input gradient through it too."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
         ctx.save_for_backward(codes, scale)
         ctx.block = block
-        q, s_x = _LastInput.quantize(x, block)
-        y = _scaled(int8_product(q, codes.t()), s_x, scale, x.dtype)
-        return y.view(*x.shape[:-1], codes.shape[0])
+        return int8_linear(x, codes, scale, block)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         codes, scale = ctx.saved_tensors
-        q, s_g = quantize_rows(grad.reshape(-1, grad.shape[-1]) * scale)
-        grad_x = rotate(_scaled(int8_product(q, codes), s_g, None, grad.dtype), ctx.block)
-        return grad_x.view(*grad.shape[:-1], codes.shape[1]), None, None, None
+        return int8_input_grad(grad, codes, scale, ctx.block), None, None, None
 
 
 class Int8Linear(FrozenLinear):
@@ -143,9 +159,9 @@ class Int8Linear(FrozenLinear):
 
     def _store(self, weight: torch.Tensor) -> None:
         self.block = rotation_block(weight.shape[1])
-        codes, scale = quantize_rows(rotate(weight.float(), self.block))
-        self.register_buffer("codes", codes.contiguous())
-        self.register_buffer("scale", scale.view(-1))
+        codes, scale = weight_codes(weight, self.block)
+        self.register_buffer("codes", codes)
+        self.register_buffer("scale", scale)
 
     @property
     def quantized_numel(self) -> int:

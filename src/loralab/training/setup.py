@@ -154,9 +154,8 @@ def _resolve_base_precision(run: Run, resume: bool) -> None:
     decided here (a resumed run keeps what it chose at its start), the same on every torchrun rank."""
     config = run.config
     saved = run.out / "config.json"
-    if config.base_precision == "auto" and (config.method == "qlora" or config.autocast != "none"):
-        what = "method qlora computes from its NF4 base" if config.method == "qlora" else "autocast is on"
-        chosen, note = "fp32", f"base_precision auto: fp32 ({what})"
+    if config.base_precision == "auto" and config.autocast != "none":
+        chosen, note = "fp32", "base_precision auto: fp32 (autocast is on)"
     elif config.base_precision == "auto" and resume and saved.is_file():
         chosen = read_run_config(saved).base_precision
         note = f"base_precision auto: {chosen}, as the run being resumed chose"
