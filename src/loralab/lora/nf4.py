@@ -111,9 +111,8 @@ class NF4Linear(nn.Module):
 
     quantized = True
     grid = "NF4"
-    matmul = staticmethod(
-        _DequantizedMatmul.apply
-    )  # (x, layer) -> x·Wᵀ; loralab.precision sets bf16 / int8 ones
+    # (x, layer) -> x·Wᵀ in the layer's compute dtype; loralab.precision sets ones that multiply in bf16 / int8
+    matmul = staticmethod(_DequantizedMatmul.apply)
 
     def __init__(self, linear: nn.Linear, double_quant: bool = True) -> None:
         super().__init__()
