@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from loralab.lora.inject import all_lora_layers, set_submodule
-from loralab.lora.layer import is_linear
+from loralab.lora.layer import is_linear, linear_shape
 from loralab.lora.nf4 import NF4Linear
 from loralab.precision.bf16 import Bf16Linear
 from loralab.precision.frozen import FrozenLinear
@@ -56,7 +56,7 @@ def convert_base(model: nn.Module, precision: str, device: torch.device) -> tupl
     converted = kept = 0
     for name in convertible_linears(model):
         module = model.get_submodule(name)
-        d_out, d_in = module.weight.shape if isinstance(module, nn.Linear) else module.weight.T.shape
+        d_in, d_out = linear_shape(module)
         if precision == "int8" and not int8_shape_ok(d_in, d_out, device):
             kept += 1
             continue

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from loralab.lora.layer import linear_shape
+
 
 class FrozenLinear(nn.Module):
     """Base class: subclasses store a d_out × d_in weight (`_store`), give it back (`dequantized`) and multiply
@@ -23,7 +25,7 @@ class FrozenLinear(nn.Module):
         super().__init__()
         self.conv1d = isinstance(linear, Conv1D)  # Conv1D stores d_in × d_out and computes x·W + b
         weight = linear.weight.detach()
-        self.out_features, self.in_features = weight.T.shape if self.conv1d else weight.shape
+        self.in_features, self.out_features = linear_shape(linear)
         self.compute_dtype = weight.dtype
         self.bias = linear.bias
         if self.bias is not None:

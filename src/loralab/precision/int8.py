@@ -104,13 +104,12 @@ class _LastInput:
 
     @classmethod
     def quantize(cls, x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.is_inference():  # no version counter to notice an in-place change: never shared
-            return quantize_rows(rotate(x.reshape(-1, x.shape[-1]), block))
-        key = (x._version, block)
-        if cls.tensor is x and cls.key == key:
+        shareable = not x.is_inference()  # an inference tensor has no version to notice an in-place change
+        if shareable and cls.tensor is x and cls.key == (x._version, block):
             return cls.quantized
         quantized = quantize_rows(rotate(x.reshape(-1, x.shape[-1]), block))
-        cls.tensor, cls.key, cls.quantized = x, key, quantized
+        if shareable:
+            cls.tensor, cls.key, cls.quantized = x, (x._version, block), quantized
         return quantized
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
 from loralab.config import RunConfig
 from loralab.errors import UserError
+from loralab.precision.choose import native_units
 
 
 def apply_speed_options(model: torch.nn.Module, config: RunConfig) -> list[str]:
@@ -49,13 +49,7 @@ def apply_speed_options(model: torch.nn.Module, config: RunConfig) -> list[str]:
 
 def bf16_is_native(device: torch.device) -> bool:
     """True on a CUDA device with bf16 support or a CPU whose vector units include bf16 (AMX, AVX512-BF16)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in (" amx_bf16", " avx512_bf16"))
+    return bool(native_units("bf16", device))
 
 
 def autocast_context(config: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
