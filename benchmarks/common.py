@@ -22,7 +22,9 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def machine() -> str:
-    """A line naming the CPU, cores and torch version (printed above every table)."""
+    """A line naming the CPU, its bf16 / int8 flags, cores and torch version (printed above every table)."""
+    from loralab.precision.choose import UNITS, cpu_flags
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -31,7 +33,12 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    flags = cpu_flags()
+    units = [flag for names in UNITS.values() for flag in names if flag in flags]
+    return (
+        f"{cpu} (bf16 / int8 flags: {', '.join(units) or 'none'}), {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
 
 
 def base_model(name: str = "smollm2-135m"):

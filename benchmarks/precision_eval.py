@@ -23,7 +23,6 @@ import common  # noqa: E402
 
 from loralab.lora.inject import all_lora_layers, unload_lora  # noqa: E402
 from loralab.precision import convert_base  # noqa: E402
-from loralab.precision.choose import UNITS, cpu_flags  # noqa: E402
 
 ALL_LINEAR = "all-linear"
 
@@ -53,9 +52,7 @@ def main() -> None:
         torch.nn.init.normal_(layer.adapter.lora_B, std=0.01)
     built = sides(lora)
     ids = common.lm_batch(tokenizer, batch_size=32, length=64)["input_ids"]
-    flags = cpu_flags()
-    present = [flag for units in UNITS.values() for flag in units if flag in flags]
-    print(f"# {common.machine()}; bf16 / int8 flags: {', '.join(present) or 'none'}")
+    print(f"# {common.machine()}")
     with torch.inference_mode():
         logits = {name: model(input_ids=ids, logits_to_keep=1).logits for name, model in built.items()}
         caches = {

@@ -25,15 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from loralab.precision import convert_base  # noqa: E402
-from loralab.precision.choose import UNITS, cpu_flags  # noqa: E402
 
 BATCHES = {"all": common.lm_batch, "answer": common.answer_batch}
-
-
-def cpu_line() -> str:
-    flags = cpu_flags()
-    present = [flag for units in UNITS.values() for flag in units if flag in flags]
-    return f"{common.machine()}; bf16 / int8 flags: {', '.join(present) or 'none'}"
 
 
 def peft_bf16(base) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
@@ -77,7 +70,7 @@ def main() -> None:
     torch.manual_seed(0)
     base, tokenizer = common.base_model()
     built = sides(base)
-    print(f"# {cpu_line()}; fp32 matmul {common.matmul_gflops():.0f} GFLOP/s")
+    print(f"# {common.machine()}; fp32 matmul {common.matmul_gflops():.0f} GFLOP/s")
     print("| target | side | s/step (median) | min-max | vs peft fp32 | vs peft bf16 |")
     print("|---|---|---|---|---|---|")
     for target, labels in (("P1", "all"), ("P2", "answer")):
