@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,30 @@ def shared_data() -> Path:
     if not (path / "rotten_tomatoes").is_dir():
         pytest.fail(f"shared data not found at {path}; set LORALAB_DATA_DIR to ../shared/data")
     return path
+
+
+@pytest.fixture
+def interrupt_after_checkpoint(monkeypatch):
+    """A context manager: inside it, training stops with KeyboardInterrupt right after saving the checkpoint of
+    step `step`, as a Ctrl-C there would; outside it, checkpoints are saved as usual."""
+    import loralab.training.loop as loop
+
+    real_save = loop.save_checkpoint
+
+    @contextlib.contextmanager
+    def interrupting(step: int):
+        def save_then_die(directory, model, optimizer, state):
+            real_save(directory, model, optimizer, state)
+            if state["step"] == step:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+    return interrupting
 
 
 @pytest.fixture(scope="session")

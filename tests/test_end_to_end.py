@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import loralab.training.loop as train_module
 from loralab.cli import main
 
 pytestmark = pytest.mark.slow
@@ -62,24 +61,16 @@ def test_train_lowers_validation_loss_then_eval_and_generate(tmp_path, capsys):
     assert capsys.readouterr().out.strip().lower().startswith(("positive", "negative"))
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, interrupt_after_checkpoint):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(["train", DEMO, f"--out_dir={straight}", "--max_steps=8", "--max_test_samples=8", *SMALL[:-1],
                  "--eval_every=4"]) == 0  # fmt: skip
 
-    real_save = train_module.save_checkpoint
-
-    def save_then_die(directory, model, optimizer, state):
-        real_save(directory, model, optimizer, state)
-        if state["step"] == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     args = ["train", DEMO, f"--out_dir={resumed}", "--max_steps=8", "--max_test_samples=8", *SMALL[:-1],
             "--eval_every=4"]  # fmt: skip
-    assert main(args) == 130
+    with interrupt_after_checkpoint(step=4):
+        assert main(args) == 130
     assert not (resumed / "summary.json").exists()
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     assert main([*args, "--resume"]) == 0
 
     a = load_file(straight / "adapter" / "adapter_model.safetensors")

@@ -13,7 +13,6 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import loralab.precision.int8 as int8_module
-import loralab.training.loop as train_module
 from loralab import LoRAConfig, apply_lora
 from loralab.cli import main
 from loralab.lora.inject import all_lora_layers, count_parameters
@@ -220,22 +219,14 @@ def test_an_int8_run_takes_the_int8_path_keeps_lora_apart_in_eval_and_exports_fr
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
 def test_an_interrupted_low_precision_run_resumes_to_the_bit_identical_adapter(
-    tmp_path, tiny_llama_folder, data, monkeypatch, precision
+    tmp_path, tiny_llama_folder, data, interrupt_after_checkpoint, precision
 ):
     base = ["train", DEMO, f"--model={tiny_llama_folder}", "--max_steps=4", "--eval_every=2", *SMALL,
             f"--base_precision={precision}"]  # fmt: skip
     assert main([*base, f"--out_dir={tmp_path / 'straight'}"]) == 0
-    real_save = train_module.save_checkpoint
-
-    def save_then_die(directory, model, optimizer, state):
-        real_save(directory, model, optimizer, state)
-        if state["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     resumed = [*base, f"--out_dir={tmp_path / 'resumed'}"]
-    assert main(resumed) == 130
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    with interrupt_after_checkpoint(step=2):
+        assert main(resumed) == 130
     assert main([*resumed, "--resume"]) == 0
     a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
