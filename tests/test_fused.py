@@ -1,5 +1,5 @@
-"""The fused paths give what the plain composition gives: the LoRA autograd function (lora/fused.py) and the
-chunked LM-head cross-entropy (head_loss.py) behind answer_loss_sum, and the lean gated MLP (swiglu.py)."""
+"""The fused paths give what the plain composition gives: the LoRA autograd functions (lora/fused.py: W + s·B·A in
+one product, or LoRA beside a low-precision base) and the chunked LM-head cross-entropy (head_loss.py) behind answer_loss_sum, and the lean gated MLP (swiglu.py)."""
 
 import pytest
 import torch
@@ -14,6 +14,8 @@ from loralab.evaluation.head_loss import linear_cross_entropy_sum
 from loralab.evaluation.loss import answer_loss_sum, fused_head
 from loralab.lora import lora_layers, set_auto_merge
 from loralab.lora.fused import fused_lora_linear
+from loralab.precision.bf16 import Bf16Linear
+from loralab.precision.int8 import Int8Linear
 from loralab.training.swiglu import use_lean_swiglu
 
 
@@ -57,6 +59,27 @@ def test_fused_matches_composition(kind, parts, train_bias):
     plain = gradients(layer, x, reference)
     assert len(fused) == len(plain) == 4 + train_bias
     for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", [Int8Linear, Bf16Linear])
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("parts", [None, [(0, 6), (12, 18)]])
+def test_lora_beside_a_low_precision_base_matches_composition(precision, kind, parts):
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 18) if kind == "linear" else Conv1D(18, 16)
+    nn.init.normal_(linear.weight, std=0.2)
+    nn.init.normal_(linear.bias, std=0.2)
+    layer = LoRALinear(linear.requires_grad_(False), r=4, alpha=8, parts=parts)
+    layer.base_layer = precision(linear)  # as loralab.precision.convert_base does after LoRA is in
+    with torch.no_grad():
+        layer.adapter.lora_B.normal_(std=0.5)
+    x = torch.randn(3, 5, 16)
+    assert layer.adapter.beside_frozen(layer.base_layer, x)
+    beside = gradients(layer, x, lambda m, v: m(v))
+    plain = gradients(layer, x, reference)  # the base layer's own autograd function, LoRA by autograd
+    assert len(beside) == len(plain) == 4
+    for got, want in zip(beside, plain, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -7,8 +7,9 @@ the adapter's name; DoRA (dora.py) and the row blocks of a fused q,k,v projectio
 change the math or the layout of B, so this class is plain LoRA only. A, B and ΔW are kept in d_out × d_in
 terms; `layer.out_in` turns ΔW into the base weight's own layout (transposed for GPT-2's Conv1D).
 
-In training, an update without dropout runs forward and backward as one autograd function (fused.py) once the
-batch has enough tokens to pay for forming W + s·B·A.
+An update without dropout runs forward and backward as one autograd function (fused.py): with W + s·B·A in
+one product once the batch has enough tokens to pay for forming it, or beside a low-precision base
+(loralab.precision) that offers its products without autograd.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from loralab.lora.config import LoRAConfig
-from loralab.lora.fused import fused_lora_linear
+from loralab.lora.fused import fused_lora_linear, lora_beside_frozen
 
 if TYPE_CHECKING:
     from loralab.lora.layer import LoRALinear
@@ -85,6 +86,8 @@ class LoRAUpdate(nn.Module):
             return fused_lora_linear(
                 x, weight.T if layer.fan_in_fan_out else weight, base.bias, A, B, self.scaling
             )
+        if self.beside_frozen(base, x):
+            return lora_beside_frozen(x, base, A, B, self.scaling)
         result = base(x)
         lora_in = x if self._no_dropout() and x.dtype == A.dtype else self.dropout(x.to(A.dtype))
         if result.dtype != A.dtype:
@@ -111,6 +114,16 @@ class LoRAUpdate(nn.Module):
             type(base) in (nn.Linear, Conv1D)
             and not base.weight.requires_grad
             and x.dtype == base.weight.dtype == self._parameters["lora_A"].dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    def beside_frozen(self, base: nn.Module, x: torch.Tensor) -> bool:
+        """True when fused.lora_beside_frozen computes exactly this: a base with its own products (`product`,
+        `input_grad`: loralab.precision's int8 / bf16 layers), no dropout, x in LoRA's dtype, no autocast."""
+        return (
+            hasattr(base, "input_grad")
+            and self._no_dropout()
+            and x.dtype == self._parameters["lora_A"].dtype
             and not torch.is_autocast_enabled(x.device.type)
         )
 

@@ -4,7 +4,7 @@
 
 bf16 keeps fp32's exponent range with an 8-bit significand (Kalamkar et al. 2019), so inputs need no scaling;
 each product's result carries a relative rounding error of at most 2⁻⁹. Norms, softmax, attention and the
-LoRA path stay in fp32. Autograd records the casts, so the input gradient is the same product in bf16.
+LoRA path stay in fp32. The input gradient is the same product in bf16: bf16(g)·W_bf16 → fp32.
 """
 
 from __future__ import annotations
@@ -30,5 +30,8 @@ class Bf16Linear(FrozenLinear):
     def dequantized(self) -> torch.Tensor:
         return self.weight_bf16.to(self.compute_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_bias(F.linear(x.to(torch.bfloat16), self.weight_bf16).to(x.dtype))
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight_bf16).to(x.dtype)
+
+    def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return (grad.to(torch.bfloat16) @ self.weight_bf16).to(grad.dtype)

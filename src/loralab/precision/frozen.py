@@ -1,6 +1,10 @@
 """What the low-precision base layers share: built from a frozen nn.Linear or GPT-2 Conv1D, keeping its bias
 in full precision, and showing `weight` in the wrapped layer's own layout (Conv1D: d_in × d_out), so that LoRA,
-DoRA and the inits read and write it as they would the original layer's."""
+DoRA and the inits read and write it as they would the original layer's.
+
+A subclass gives its two products without autograd, `product(x)` = x·Wᵀ and `input_grad(g)` = g·W (each
+returning a fresh tensor); `forward` joins them into one autograd function, and LoRA runs beside them in one
+function of its own (loralab.lora.fused.lora_beside_frozen)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,22 @@ from transformers.pytorch_utils import Conv1D
 from loralab.lora.layer import linear_shape
 
 
+class _FrozenMatmul(torch.autograd.Function):
+    """y = x·Wᵀ through the layer's `product`, the input gradient through its `input_grad`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: FrozenLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer.product(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (ctx.layer.input_grad(grad) if ctx.needs_input_grad[0] else None), None
+
+
 class FrozenLinear(nn.Module):
     """Base class: subclasses store a d_out × d_in weight (`_store`), give it back (`dequantized`) and multiply
-    with it (`forward`).
+    with it (`product`, `input_grad`).
 
     `quantized` tells LoRALinear not to merge LoRA into it in evaluation (that would round ΔW to the layer's
     grid, named by `grid`): the update runs beside it instead."""
@@ -38,6 +55,17 @@ class FrozenLinear(nn.Module):
     def dequantized(self) -> torch.Tensor:
         """The stored weight as d_out × d_in in the model's dtype (a fresh tensor)."""
         raise NotImplementedError
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """x·Wᵀ (no bias, no autograd), a fresh tensor in x's dtype."""
+        raise NotImplementedError
+
+    def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """grad·W (no autograd), a fresh tensor in grad's dtype."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_bias(_FrozenMatmul.apply(x, self))
 
     @torch.no_grad()
     def set_weight(self, weight: torch.Tensor) -> None:

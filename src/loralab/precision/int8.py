@@ -1,22 +1,26 @@
 """A frozen linear layer whose products run in int8 × int8 → int32 on the CPU's (or GPU's) int8 units, forward
-and backward, with LLM.int8's per-row scales (Dettmers et al. 2022) and QuaRot's Hadamard rotation against
-outliers (Ashkboos et al. 2024).
+and backward, with LLM.int8's per-row scales (Dettmers et al. 2022) and, in the forward pass, QuaRot's Hadamard
+rotation against outliers (Ashkboos et al. 2024).
 
     rotation  H: block-diagonal Hadamard (blocks of up to 64 along d_in), orthonormal and symmetric: H·H = I
-    weight    W·H ≈ diag(s_w)·Q_w          Q_w int8 (d_out × d_in), s_w = max|(W·H)_o·| / 127 per output row
     forward   y = x·Wᵀ = (x·H)·(W·H)ᵀ ≈ diag(s_x)·(Q_x·Q_wᵀ)·diag(s_w)
-              Q_x = round(x·H / s_x), s_x = max|(x·H)_t·| / 127 per token (dynamic: measured on every call)
-    backward  ∂x = g·W = ((g·diag(s_w))·Q_w)·H ≈ (diag(s_g)·(Q_g·Q_w))·H
-              Q_g = round(g·diag(s_w) / s_g), s_g per row of the scaled output gradient
+              W·H ≈ diag(s_w)·Q_w      s_w = max|(W·H)_o·| / 127 per output row
+              Q_x = round(x·H / s_x),  s_x = max|(x·H)_t·| / 127 per token (dynamic: measured on every call)
+    backward  ∂x = g·W ≈ diag(s_g)·(Q_g·Q_b)·diag(c)
+              W ≈ Q_b·diag(c)          c = max|W_·i| / 127 per input column, no rotation
+              Q_g = round(g / s_g),    s_g per row of the output gradient
 
 Why the rotation: a token's activations in a language model carry a few channels a hundred times larger than
 the rest (SmolLM2-135M: up to 99 against a median of 0.05), so one scale per token leaves the other channels
 a handful of int8 levels. Rotating spreads each outlier over its block; on SmolLM2's layers it cut the
-relative error of a product from 1.6-5.7% to 0.8-1.8%, averaged by kind of layer (benchmarks/precision_error.py), at the cost of one
-small product (2·64 flops per input number, a 24th of a 576 × 1536 layer's).
-Folding s_w into the gradient before it is quantized puts every scale outside the int8 product, so the one
-int8 copy of the weight serves both products (the forward reads it transposed). Only Q_w and s_w are stored
-(a quarter of fp32's bytes). The weight gets no gradient: the layer is frozen, as LoRA's base is.
+relative error of a product from 1.6-5.7% to 0.8-1.8%, averaged by kind of layer (benchmarks/precision_error.py),
+at the cost of one small product (2·64 flops per input number, a 24th of a 576 × 1536 layer's).
+Why none in backward: output gradients have no such outliers. On SmolLM2 (r 8 on q, k, v, o) LoRA's gradients
+kept a cosine of 0.992 to fp32's without it against 0.993 with it, while the rotation of ∂x, and the scaling of
+g by s_w that sharing Q_w would need, took about a tenth of a training step. So the backward pass has an int8
+copy of W of its own, scaled per input column, and every scale stays outside the int8 products.
+Q_w, s_w, Q_b and c are stored: half of fp32's bytes. The weight gets no gradient: the layer is frozen, as
+LoRA's base is.
 """
 
 from __future__ import annotations
@@ -59,10 +63,11 @@ def rotate(values: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def quantize_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes, fp32 scale per row) with values ≈ codes · scale, symmetric, rounded to nearest."""
-    scale = values.abs().amax(dim=1, keepdim=True).float().clamp_min(torch.finfo(torch.float32).tiny) / QMAX
-    codes = torch.round(values / scale).to(torch.int8)
-    return codes, scale
+    """(int8 codes, fp32 scale per row) with values ≈ codes · scale, symmetric, rounded to nearest. Multiplying
+    by the reciprocal and rounding in place takes two passes over `values` where dividing took three."""
+    largest = values.abs().amax(dim=1, keepdim=True).float().clamp_min_(torch.finfo(torch.float32).tiny)
+    codes = (values * (QMAX / largest)).round_().to(torch.int8)
+    return codes, largest.div_(QMAX)
 
 
 CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows (and k, m multiples of 8)
@@ -81,15 +86,10 @@ def int8_shape_ok(d_in: int, d_out: int, device: torch.device) -> bool:
     return device.type != "cuda" or (d_in % 8 == 0 and d_out % 8 == 0)
 
 
-def _scaled(
-    product: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None, dtype
-) -> torch.Tensor:
+def _scaled(product: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, dtype) -> torch.Tensor:
     """product (int32) · row_scale (per row) · col_scale (per column), in `dtype`. Converting first and scaling
     in place runs 2-3x faster on CPU than torch.mul's mixed int32 · fp32 path."""
-    out = product.to(torch.float32).mul_(row_scale)
-    if col_scale is not None:
-        out.mul_(col_scale)
-    return out.to(dtype)
+    return product.to(torch.float32).mul_(row_scale).mul_(col_scale).to(dtype)
 
 
 class _LastInput:
@@ -114,9 +114,15 @@ class _LastInput:
 
 
 def weight_codes(weight: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q_w, s_w) of a d_out × d_in weight: rotated, then one int8 scale per output row."""
+    """(Q_w, s_w) of a d_out × d_in weight for the forward product: rotated, one scale per output row."""
     codes, scale = quantize_rows(rotate(weight.float(), block))
     return codes.contiguous(), scale.view(-1)
+
+
+def input_grad_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q_b, c) of a d_out × d_in weight for the input gradient: not rotated, one scale per input column."""
+    codes, scale = quantize_rows(weight.float().T)
+    return codes.T.contiguous(), scale.view(-1)
 
 
 def int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
@@ -126,28 +132,11 @@ def int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block
     return y.view(*x.shape[:-1], codes.shape[0])
 
 
-def int8_input_grad(grad: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
-    """grad·W from the weight's (Q_w, s_w): s_w folded into the gradient, which is quantized per row."""
-    q, s_g = quantize_rows(grad.reshape(-1, grad.shape[-1]) * scale)
-    grad_x = rotate(_scaled(int8_product(q, codes), s_g, None, grad.dtype), block)
+def int8_input_grad(grad: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """grad·W from the weight's (Q_b, c) (input_grad_codes), the gradient quantized per row."""
+    q, s_g = quantize_rows(grad.reshape(-1, grad.shape[-1]))
+    grad_x = _scaled(int8_product(q, codes), s_g, scale, grad.dtype)
     return grad_x.view(*grad.shape[:-1], codes.shape[1])
-
-
-class _Int8Matmul(torch.autograd.Function):
-    """y = x·Wᵀ through the layer's int8 weight; the input gradient through it too."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
-        ctx.save_for_backward(codes, scale)
-        ctx.block = block
-        return int8_linear(x, codes, scale, block)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        codes, scale = ctx.saved_tensors
-        return int8_input_grad(grad, codes, scale, ctx.block), None, None, None
 
 
 class Int8Linear(FrozenLinear):
@@ -161,6 +150,9 @@ class Int8Linear(FrozenLinear):
         codes, scale = weight_codes(weight, self.block)
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
+        grad_codes, grad_scale = input_grad_codes(weight)
+        self.register_buffer("grad_codes", grad_codes)
+        self.register_buffer("grad_scale", grad_scale)
 
     @property
     def quantized_numel(self) -> int:
@@ -169,5 +161,8 @@ class Int8Linear(FrozenLinear):
     def dequantized(self) -> torch.Tensor:
         return rotate(self.codes.float() * self.scale[:, None], self.block).to(self.compute_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_bias(_Int8Matmul.apply(x, self.codes, self.scale, self.block))
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, self.codes, self.scale, self.block)
+
+    def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return int8_input_grad(grad, self.grad_codes, self.grad_scale)

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from loralab.lora.nf4 import NF4Linear
-from loralab.precision.int8 import int8_input_grad, int8_linear, rotation_block, weight_codes
+from loralab.precision.int8 import (
+    input_grad_codes,
+    int8_input_grad,
+    int8_linear,
+    rotation_block,
+    weight_codes,
+)
 
 
 class _Bf16FromNF4(torch.autograd.Function):
@@ -35,9 +41,7 @@ class _Int8FromNF4(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         if not ctx.needs_input_grad[0]:
             return None, None
-        layer = ctx.layer
-        block = rotation_block(layer.in_features)
-        return int8_input_grad(grad, *weight_codes(layer.dequantized(torch.float32), block), block), None
+        return int8_input_grad(grad, *input_grad_codes(ctx.layer.dequantized(torch.float32))), None
 
 
 PRODUCTS = {"bf16": _Bf16FromNF4.apply, "int8": _Int8FromNF4.apply}
