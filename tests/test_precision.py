@@ -193,8 +193,14 @@ def test_an_int8_run_takes_the_int8_path_keeps_lora_apart_in_eval_and_exports_fr
     assert json.loads((out / "config.json").read_text())["base_precision"] == "int8"
     assert len(products) > 28 * 3  # forward and input gradient in every step, and evaluation
     products.clear()
+    rotations = []
+    real_rotate = int8_module.rotate
+    monkeypatch.setattr(int8_module, "rotate", lambda v, b: rotations.append(v.shape) or real_rotate(v, b))
     assert main(["eval", str(out)]) == 0
     assert products  # eval computes in int8 too
+    # per block 7 products but 4 inputs rotated and quantized (q, k, v share one; gate, up another), after
+    # the 28 weights of the conversion
+    assert (len(rotations) - 28) * 7 == len(products) * 4
     from loralab.config import read_run_config
     from loralab.training.run_model import load_for_inference
 

@@ -105,7 +105,9 @@ def _choices_after(
     return (first + torch.where(present[:, 1:], picked, 0.0).sum(dim=1)).cpu()
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: tensors keep their version counters, so int8 layers reading one input (q, k, v)
+# quantize it once (precision/int8.py _LastInput)
+@torch.no_grad()
 def score_choices(
     model: torch.nn.Module,
     prompts: list[list[int]],

@@ -70,7 +70,9 @@ def _generation_options(config: RunConfig, tokenizer, fmt: PromptFormat | None =
     return options
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: tensors keep their version counters, so int8 layers reading one input (q, k, v)
+# quantize it once (precision/int8.py _LastInput)
+@torch.no_grad()
 def _batched(
     model: torch.nn.Module,
     tokenizer,
@@ -119,7 +121,9 @@ def generate(
     return _batched(model, tokenizer, texts, config, fmt, desc, run_batch, causal=True)
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: tensors keep their version counters, so int8 layers reading one input (q, k, v)
+# quantize it once (precision/int8.py _LastInput)
+@torch.no_grad()
 def generate_per_row(
     model: torch.nn.Module,
     tokenizer,

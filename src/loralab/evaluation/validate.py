@@ -12,7 +12,9 @@ from loralab.data.encoding import to_device
 from loralab.evaluation.loss import label_loss_sum
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: tensors keep their version counters, so int8 layers reading one input (q, k, v)
+# quantize it once (precision/int8.py _LastInput)
+@torch.no_grad()
 def validation_loss(
     model: torch.nn.Module,
     examples: list,

@@ -96,7 +96,7 @@ class _LastInput:
     """The last input quantized and what it became: q, k and v (and gate and up) read the same tensor, so
     they share one rotation and quantization. Holding the tensor keeps its id from being reused; an in-place
     change bumps its version and misses. Inference tensors (torch.inference_mode) carry no version, so they are
-    quantized every time."""
+    quantized every time; loralab evaluates under torch.no_grad for that reason."""
 
     tensor: torch.Tensor | None = None
     key: tuple = ()
