@@ -14,7 +14,9 @@ from loralab.evaluation.head_loss import linear_cross_entropy_sum
 from loralab.evaluation.loss import answer_loss_sum, fused_head
 from loralab.lora import lora_layers, set_auto_merge
 from loralab.lora.fused import fused_lora_linear
+from loralab.precision import convert_base
 from loralab.precision.bf16 import Bf16Linear
+from loralab.precision.frozen import FrozenLinear
 from loralab.precision.int8 import Int8Linear
 from loralab.training.swiglu import use_lean_swiglu
 
@@ -122,10 +124,14 @@ def test_chunked_head_loss_matches_full_logits(train_head, chunk_rows):
     "make", [tiny_models.llama, tiny_models.gemma3, tiny_models.gpt2, tiny_models.gpt_neo]
 )
 @pytest.mark.parametrize("every_token", [False, True])
-def test_answer_loss_with_fused_head_equals_model_logits(make, every_token):
-    """The fused path (body + chunked head) gives the loss and LoRA gradients of the model's own logits."""
+@pytest.mark.parametrize("precision", ["fp32", "int8", "bf16"])
+def test_answer_loss_with_fused_head_equals_model_logits(make, every_token, precision):
+    """The fused path (body + chunked head) gives the loss and LoRA gradients of the model's own logits, with
+    the frozen base and head in fp32 or converted to int8 / bf16."""
     torch.manual_seed(0)
     model = apply_lora(make(), LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    convert_base(model, precision, torch.device("cpu"))
+    assert isinstance(fused_head(model), nn.Linear if precision == "fp32" else FrozenLinear)
     model.train()
     for module in model.modules():  # GPT-2's dropouts would make the two passes differ
         if isinstance(module, nn.Dropout):

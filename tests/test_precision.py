@@ -3,6 +3,7 @@ from the rounding they do, LoRA's gradients through them on a real SmolLM2 block
 the chosen path (and resume bit-exactly in it)."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -18,6 +19,7 @@ from loralab.cli import main
 from loralab.lora.inject import all_lora_layers, count_parameters
 from loralab.precision import choose, choose_precision, convert_base, low_precision_layers
 from loralab.precision.bf16 import Bf16Linear
+from loralab.precision.convert import head_precision
 from loralab.precision.int8 import Int8Linear, quantize_rows, rotate
 
 EPS32, EPS_BF16 = 2.0**-24, 2.0**-8  # unit roundoff of fp32 and bf16 (rounding to nearest)
@@ -144,7 +146,7 @@ def test_lora_gradients_through_an_int8_smollm2_block_match_the_fp32_block():
         return torch.cat([p.grad.flatten() for p in b.parameters() if p.requires_grad])
 
     quantized = copy.deepcopy(block)
-    assert convert_base(quantized, "int8", torch.device("cpu")) == (7, 0)
+    assert convert_base(quantized, "int8", torch.device("cpu")) == (7, 0, None)
     assert count_parameters(quantized) == count_parameters(block)  # an int8 weight counts as its parameters
     cosine = F.cosine_similarity(lora_grads(block), lora_grads(quantized), dim=0)
     assert cosine > 0.99
@@ -164,6 +166,15 @@ def test_auto_picks_fp32_without_units_and_a_format_only_when_the_probe_finds_it
     monkeypatch.setattr(choose, "cpu_flags", lambda: {"avx512_bf16"})
     assert choose_precision("auto", cpu)[0] == "bf16"
     assert "expect it slower than fp32" in choose_precision("int8", cpu)[1]
+
+
+def test_the_lm_head_computes_in_bf16_where_it_can_and_never_in_int8(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(choose, "cpu_flags", lambda: {"avx512_vnni"})  # int8 units, no bf16 ones
+    assert head_precision("int8", cpu) == "fp32" and head_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(choose, "cpu_flags", lambda: {"avx512_vnni", "avx512_bf16"})
+    assert head_precision("int8", cpu) == "bf16"
+    assert head_precision("fp32", cpu) == "fp32"
 
 
 def test_the_probe_times_every_format():
@@ -189,7 +200,9 @@ def test_an_int8_run_takes_the_int8_path_keeps_lora_apart_in_eval_and_exports_fr
             "--base_precision=int8", "--target_modules=q_proj,v_proj"]  # fmt: skip
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "base_precision int8: 28 frozen linear layers compute in int8" in err  # 4 blocks × 7, head tied
+    head = head_precision("int8", torch.device("cpu"))  # bf16 where this CPU has bf16 units, else fp32
+    note = "base_precision int8: 28 frozen linear layers compute in int8"  # 4 blocks × 7
+    assert note + (f", the LM head in {head}\n" if head == "bf16" else "\n") in err
     assert json.loads((out / "config.json").read_text())["base_precision"] == "int8"
     assert len(products) > 28 * 3  # forward and input gradient in every step, and evaluation
     products.clear()
@@ -204,8 +217,11 @@ def test_an_int8_run_takes_the_int8_path_keeps_lora_apart_in_eval_and_exports_fr
     from loralab.config import read_run_config
     from loralab.training.run_model import load_for_inference
 
-    model, *_ = load_for_inference(read_run_config(out / "config.json"), out)
-    assert low_precision_layers(model) == {"int8": 28}
+    config = read_run_config(out / "config.json")
+    model, *_ = load_for_inference(config, out)
+    assert low_precision_layers(model) == {"int8": 28} | ({"bf16": 1} if head == "bf16" else {})
+    fp32_model, *_ = load_for_inference(dataclasses.replace(config, base_precision="fp32"), out)
+    assert count_parameters(model) == count_parameters(fp32_model)  # the tied head's copy is not counted
     assert not any(layer.merged for layer in all_lora_layers(model).values())  # ΔW not rounded into int8
 
     exported = tmp_path / "exported"
@@ -266,23 +282,33 @@ def test_conflicting_precision_settings_are_refused(tmp_path, data, capsys, extr
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("method, converted", [("lora", 28), ("last_layers", 14), ("full", 0), ("qlora", 28)])
+@pytest.mark.parametrize(
+    "method, grids",
+    [
+        ("lora", {"int8": 28}),  # 4 blocks × 7
+        ("last_layers", {"int8": 14}),  # the 2 frozen blocks × 7
+        ("full", {}),
+        ("qlora", {"NF4 (int8 products)": 28}),
+    ],
+)
 def test_eval_converts_the_layers_training_froze_and_repeats_the_training_score(
-    tmp_path, tiny_llama_folder, data, capsys, method, converted
+    tmp_path, tiny_llama_folder, data, capsys, method, grids
 ):
     out = tmp_path / method
     args = ["train", DEMO, f"--model={tiny_llama_folder}", f"--out_dir={out}", "--max_steps=2", *SMALL,
             "--base_precision=int8", f"--method={method}", "--n_layers=2", "--max_test_samples=16"]  # fmt: skip
     assert main(args) == 0
     err = capsys.readouterr().err
+    converted = sum(grids.values())
     expected = f"{converted} frozen linear layers compute in int8" if converted else "no frozen linear layer"
+    if method != "full" and head_precision("int8", torch.device("cpu")) == "bf16":
+        grids = grids | {"bf16": 1}  # the frozen LM head
     assert expected in err
     from loralab.config import read_run_config
     from loralab.training.run_model import load_for_inference
 
     model, *_ = load_for_inference(read_run_config(out / "config.json"), out)
-    grid = "NF4 (int8 products)" if method == "qlora" else "int8"
-    assert low_precision_layers(model) == ({grid: converted} if converted else {})
+    assert low_precision_layers(model) == grids
     assert main(["eval", str(out)]) == 0
     trained = json.loads((out / "summary.json").read_text())["metrics"]
     evaluated = json.loads((out / "eval.json").read_text())

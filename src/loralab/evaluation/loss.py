@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from loralab.data.encoding import IGNORE
 from loralab.evaluation.head_loss import linear_cross_entropy_sum
+from loralab.precision.frozen import FrozenLinear
 
 # model_type values whose causal-LM forward is body → lm_head with nothing in between (Gemma 3 only when it has
 # no final logit soft-capping, checked below).
@@ -30,15 +31,16 @@ def accepts(model_class: type, argument: str) -> bool:
     return argument in inspect.signature(model_class.forward).parameters
 
 
-def fused_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The model's LM head when answer_loss_sum may apply it itself to the body's hidden states, else None."""
+def fused_head(model: torch.nn.Module) -> torch.nn.Linear | FrozenLinear | None:
+    """The model's LM head when answer_loss_sum may apply it itself to the body's hidden states, else None
+    (a FrozenLinear: a frozen head in int8 / bf16, loralab.precision)."""
     config = getattr(model, "config", None)
     if not isinstance(model, PreTrainedModel) or getattr(config, "model_type", None) not in FUSED_HEAD_MODELS:
         return None
     if getattr(config, "final_logit_softcapping", None) or model.base_model is model:
         return None
     head = model.get_output_embeddings()
-    return head if type(head) is torch.nn.Linear else None
+    return head if type(head) is torch.nn.Linear or isinstance(head, FrozenLinear) else None
 
 
 def packing_problem(model: torch.nn.Module, max_length: int, kind: str = "causal") -> str | None:
@@ -75,8 +77,13 @@ def answer_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     if head is not None:
         hidden = model.base_model(**inputs).last_hidden_state
         predicts = labels[:, 1:] != IGNORE  # the hidden state at column c predicts the token at c + 1
+        frozen = head if isinstance(head, FrozenLinear) else None
         loss = linear_cross_entropy_sum(
-            hidden[:, :-1][predicts], head.weight, head.bias, labels[:, 1:][predicts]
+            hidden[:, :-1][predicts],
+            None if frozen else head.weight,
+            head.bias,
+            labels[:, 1:][predicts],
+            frozen=frozen,
         )
         return loss, int(predicts.sum())
     # Logits from the first column holding a target on: with left padding a single answer fills the last k

@@ -249,9 +249,13 @@ def lora_state_dict(model: nn.Module) -> dict:
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; shared (tied) tensors count once; a quantized weight (stored as
-    buffers) counts as the parameters it stands for."""
+    buffers) counts as the parameters it stands for, unless it copies a matrix counted elsewhere (`tied`)."""
     trainable = 0
-    total = sum(getattr(module, "quantized_numel", 0) for module in model.modules())
+    total = sum(
+        getattr(module, "quantized_numel", 0)
+        for module in model.modules()
+        if not getattr(module, "tied", False)
+    )
     for param in model.parameters():
         total += param.numel()
         if param.requires_grad:

@@ -25,10 +25,12 @@ def apply_base_precision(model: nn.Module, precision: str, device: torch.device)
     log saying what was converted, or None for fp32."""
     if precision == "fp32":
         return None
-    converted, kept = convert_base(model, precision, device)
-    if not converted:
+    converted, kept, head = convert_base(model, precision, device)
+    if not converted and not head:
         return f"base_precision {precision}: no frozen linear layer to convert (this method trains them all)"
     note = f"base_precision {precision}: {converted} frozen linear layers compute in {precision}"
+    if head:
+        note += f", the LM head in {head}"
     if kept:
         note += f"; {kept} stay fp32 (int8 on {device.type} needs their sizes in multiples of 8)"
     return note

@@ -1,9 +1,11 @@
 """Turn a model's frozen linear layers into low-precision ones (int8.py, bf16.py), in place.
 
 A layer is converted when its weight trains not (LoRA's bases, the frozen part of last_layers, every linear of
-a soft-prompt model) and is not shared with another module (the LM head tied to the input embeddings stays
-as it is, and so does an untied head: the training loss reads its weight directly). Trained weights, LoRA's A
-and B, norms and embeddings keep their precision.
+a soft-prompt model) and is not shared with another module. A frozen LM head computes in bf16 (head_precision),
+tied to the input embeddings or not: the embeddings keep the full-precision matrix for their lookups, and the
+head gets a bf16 copy of its own (marked `tied`, so that its weights are not counted twice); the training loss
+multiplies through it (evaluation/head_loss.py). Trained weights, LoRA's A and B, norms and embeddings keep
+their precision.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from loralab.lora.inject import all_lora_layers, set_submodule
 from loralab.lora.layer import is_linear, linear_shape
 from loralab.lora.nf4 import NF4Linear
 from loralab.precision.bf16 import Bf16Linear
+from loralab.precision.choose import native_units
 from loralab.precision.frozen import FrozenLinear
 from loralab.precision.int8 import Int8Linear, int8_shape_ok
 from loralab.precision.nf4_products import set_nf4_products
@@ -45,12 +48,12 @@ def convertible_linears(model: nn.Module) -> list[str]:
     ]
 
 
-def convert_base(model: nn.Module, precision: str, device: torch.device) -> tuple[int, int]:
-    """Replace every convertible linear layer by its `precision` ("bf16" or "int8") version, and make QLoRA's
-    NF4 layers multiply in it; returns (layers converted, layers left in full precision because int8 cannot take
-    their shape on `device`)."""
+def convert_base(model: nn.Module, precision: str, device: torch.device) -> tuple[int, int, str | None]:
+    """Replace every convertible linear layer by its `precision` ("bf16" or "int8") version, make QLoRA's NF4
+    layers multiply in it, and a frozen LM head in head_precision; returns (layers converted, layers left in
+    full precision because int8 cannot take their shape on `device`, the head's new format or None)."""
     if precision == "fp32":
-        return 0, 0
+        return 0, 0, None
     for layer in all_lora_layers(model).values():
         layer.unmerge()  # a model in eval mode merged on wrapping: convert the pure base weight
     converted = kept = 0
@@ -62,9 +65,39 @@ def convert_base(model: nn.Module, precision: str, device: torch.device) -> tupl
             continue
         set_submodule(model, name, LAYERS[precision](module))
         converted += 1
-    if converted:
+    head = _convert_head(model, precision, device)
+    if converted or head:
         own_storage(model)
-    return converted + set_nf4_products(model, precision), kept
+    return converted + set_nf4_products(model, precision), kept, head
+
+
+def head_precision(precision: str, device: torch.device) -> str:
+    """The format of a frozen LM head under base precision `precision`: bf16 under bf16, and under int8 where
+    the device has bf16 units; never int8. The head's output gradient (softmax − one-hot) is one spike per row,
+    and per-row int8 rounds the rest of the row to zero: on SmolLM2 an int8 head turned LoRA's gradients to a
+    cosine of 0.63 against fp32's, a bf16 head kept 0.9999."""
+    if precision == "bf16" or (precision == "int8" and native_units("bf16", device)):
+        return "bf16"
+    return "fp32"
+
+
+def _convert_head(model: nn.Module, precision: str, device: torch.device) -> str | None:
+    """Replace the output head by its head_precision version when it is a frozen nn.Linear; that format, or
+    None when the head stays as it is."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if (
+        type(head) is not nn.Linear
+        or head.weight.requires_grad
+        or head_precision(precision, device) == "fp32"
+    ):
+        return None
+    tied = id(head.weight) in _shared_weights(model)
+    name = next(name for name, module in model.named_modules() if module is head)
+    low = Bf16Linear(head)
+    low.tied = tied
+    set_submodule(model, name, low)
+    return low.grid
 
 
 @torch.no_grad()

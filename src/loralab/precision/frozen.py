@@ -37,6 +37,7 @@ class FrozenLinear(nn.Module):
 
     quantized = True
     grid = ""
+    tied = False  # a copy of a matrix the model also holds elsewhere (a tied LM head): not counted again
 
     def __init__(self, linear: nn.Linear | Conv1D) -> None:
         super().__init__()
