@@ -47,7 +47,8 @@ def native_units(precision: str, device: torch.device) -> list[str]:
 
 def probe(device: torch.device, repeats: int = 5) -> dict[str, float]:
     """Seconds of one layer call (PROBE_SHAPE, everything it does included) in each format, the best of
-    `repeats` after a warm-up."""
+    `repeats` after a warm-up. The formats take turns within each repeat, so that a burst of load from another
+    process slows each of them rather than the one that happened to be running."""
     tokens, d_in, d_out = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     linear = nn.Linear(d_in, d_out, bias=False).requires_grad_(False)
@@ -59,20 +60,19 @@ def probe(device: torch.device, repeats: int = 5) -> dict[str, float]:
         "bf16": Bf16Linear(linear),
         "int8": Int8Linear(linear),
     }
-    seconds = {}
+    seconds = dict.fromkeys(calls, float("inf"))
     with torch.no_grad():
-        for name, call in calls.items():
+        for call in calls.values():
             call(x)
-            best = float("inf")
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for name, call in calls.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 call(x)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                best = min(best, time.perf_counter() - start)
-            seconds[name] = best
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
     return seconds
 
 
