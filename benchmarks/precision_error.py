@@ -7,7 +7,7 @@ y = x·Wᵀ in fp32 with the same product computed as each precision computes it
 averaged (and the worst) per kind of layer. "int8 plain" is int8 without the Hadamard rotation
 (loralab.precision.int8), to show what the rotation buys. Then the gradient of a LoRA adapter (r 8 on q, k, v,
 o; B drawn small so that A gets gradients) through the whole model in each precision against fp32: the cosine
-of the flattened gradients and the loss.
+of the flattened gradients and the loss, and once more with the LM head in int8 (which loralab never does).
 """
 
 from __future__ import annotations
@@ -100,13 +100,17 @@ def main() -> None:
     print(
         f"\nLoRA gradients through the whole model (16 reviews, every token a target); fp32 loss {loss32:.4f}"
     )
-    print("| precision | loss | cosine to fp32's gradients |")
-    print("|---|---|---|")
-    for precision in ("bf16", "int8"):
+    print("| precision | LM head | loss | cosine to fp32's gradients |")
+    print("|---|---|---|---|")
+    for precision, int8_head in (("bf16", False), ("int8", False), ("int8", True)):
         model = copy.deepcopy(lora)
-        convert_base(model, precision, torch.device("cpu"))
+        _, _, head = convert_base(model, precision, torch.device("cpu"))
+        if int8_head:  # what loralab never does (precision/convert.py head_precision): shows why
+            model.lm_head = Int8Linear(lora.lm_head)
+            head = "int8"
         loss, grads = lora_gradients(model, batch)
-        print(f"| {precision} | {loss:.4f} | {F.cosine_similarity(grads, grads32, dim=0).item():.4f} |")
+        cosine = F.cosine_similarity(grads, grads32, dim=0).item()
+        print(f"| {precision} | {head or 'fp32'} | {loss:.4f} | {cosine:.4f} |")
 
 
 if __name__ == "__main__":

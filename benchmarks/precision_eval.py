@@ -4,9 +4,10 @@ weights (issue 18), against fp32 with LoRA merged (loralab's evaluation in fp32)
     python benchmarks/precision_eval.py [--repeats 7]
 
 Bundled SmolLM2-135M-Instruct with LoRA r 8 on all linear layers (B drawn small, so ΔW is not zero), in eval
-mode under torch.inference_mode: a prefill of 32 prompts × 64 tokens (the shape of P3's test batches; logits at
-the last position only, as generation asks) and one decoding step of 32 rows over that cache. Sides are timed in turn, the order reversed every round; medians. The
-last column is the largest difference of the prefill's last-position logits from fp32's.
+mode under torch.no_grad (as loralab evaluates): a prefill of 32 prompts × 64 tokens (the shape of P3's test
+batches; logits at the last position only, as generation asks) and one decoding step of 32 rows over that cache.
+Sides are timed in turn, the order reversed every round; medians. The last column is the largest difference of
+the prefill's last-position logits from fp32's.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> None:
     built = sides(lora)
     ids = common.lm_batch(tokenizer, batch_size=32, length=64)["input_ids"]
     print(f"# {common.machine()}")
-    with torch.inference_mode():
+    with torch.no_grad():
         logits = {name: model(input_ids=ids, logits_to_keep=1).logits for name, model in built.items()}
         caches = {
             name: model(input_ids=ids[:, :-1], use_cache=True).past_key_values
