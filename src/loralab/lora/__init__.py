@@ -1,7 +1,8 @@
 """LoRA from scratch: the layer, its injection into models, named adapters, and PEFT-compatible adapter files.
 
-Owns: config (LoRAConfig), fused (one autograd function for a LoRA layer's forward and backward), update /
-dora / qkv (one adapter's update in one layer: plain LoRA, DoRA, row blocks of a fused q,k,v projection), init
+Owns: config (LoRAConfig), fused (autograd functions for a LoRA layer's forward and backward: W + s·B·A in one
+product, or LoRA beside a low-precision base), update / dora / qkv (one adapter's update in one layer: plain
+LoRA, DoRA, row blocks of a fused q,k,v projection), init
 (A and B from the weight: PiSSA, OLoRA, LoftQ), layer (LoRALinear, which holds a layer's adapters), inject
 (targets, apply / merge / unload), io (peft's adapter files: their only reader and writer), adapters (loading
 adapters, several side by side), nf4 (QLoRA's 4-bit weights).
