@@ -18,6 +18,7 @@ from torch import nn
 from loralab.lora.inject import all_lora_layers, set_submodule
 from loralab.lora.layer import is_linear, linear_shape
 from loralab.lora.nf4 import NF4Linear
+from loralab.naming import module_name
 from loralab.precision.bf16 import Bf16Linear
 from loralab.precision.choose import native_units
 from loralab.precision.frozen import FrozenLinear
@@ -32,10 +33,14 @@ def _shared_weights(model: nn.Module) -> set[int]:
     return {key for key, n in counts.items() if n > 1}
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    get_head = getattr(model, "get_output_embeddings", None)
+    return get_head() if callable(get_head) else None
+
+
 def convertible_linears(model: nn.Module) -> list[str]:
     """Names of the frozen, unshared nn.Linear / Conv1D layers that are not the output head."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
+    head = _output_head(model)
     shared = _shared_weights(model)
     return [
         name
@@ -84,8 +89,7 @@ def head_precision(precision: str, device: torch.device) -> str:
 def _convert_head(model: nn.Module, precision: str, device: torch.device) -> str | None:
     """Replace the output head by its head_precision version when it is a frozen nn.Linear; that format, or
     None when the head stays as it is."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
+    head = _output_head(model)
     if (
         type(head) is not nn.Linear
         or head.weight.requires_grad
@@ -93,10 +97,9 @@ def _convert_head(model: nn.Module, precision: str, device: torch.device) -> str
     ):
         return None
     tied = id(head.weight) in _shared_weights(model)
-    name = next(name for name, module in model.named_modules() if module is head)
     low = Bf16Linear(head)
     low.tied = tied
-    set_submodule(model, name, low)
+    set_submodule(model, module_name(model, head), low)
     return low.grid
 
 
